@@ -1,4 +1,6 @@
-"""Base class for every configuration model: strict, frozen, all errors reported at once."""
+"""Base class for every configuration model: strict, frozen, all errors reported at once.
+
+Lives in ``objectives`` (the bottom layer) so that both ``objectives`` and ``search`` can use it."""
 
 from __future__ import annotations
 
