@@ -1,0 +1,194 @@
+"""The Optuna study of a search: the ``search:`` config section, storage, sampler, pruner, warm start, resume.
+
+Storage
+-------
+By default the study lives in ``RUN/study.db``, a **SQLite** file (``sqlite:///RUN/study.db``), and trial
+artifacts (each trial's mergekit YAML) in ``RUN/artifacts`` (:class:`optuna.artifacts.FileSystemArtifactStore`).
+SQLite rather than Optuna's journal file because:
+
+* only one process ever writes (the driver; Ray workers never touch storage), so SQLite's single-writer lock
+  costs nothing;
+* every write is a transaction: a driver killed with SIGKILL leaves a consistent database (the journal file
+  may end in a half-written line that every later reader has to skip);
+* stock ``optuna-dashboard RUN/study.db --artifact-dir RUN/artifacts`` opens it while the search runs, and any
+  SQLite tool can query it.
+
+On a cluster give ``search.storage`` any RDB URL (``postgresql://user@host/db``); the driver is still the only
+writer.
+
+Resume
+------
+:func:`open_study` with the same config and run folder loads the existing study. Trials left ``RUNNING`` by a
+killed driver are *orphans* (nobody else writes), so they are marked ``FAIL`` with reason ``orphaned`` and their
+parameters re-queued (counting as one retry); warm-start recipes are enqueued exactly once per study (a study
+user attribute records it, and :meth:`optuna.Study.enqueue_trial` skips parameters already present).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.trial import TrialState
+from pydantic import Field
+
+from objectives.errors import UserError
+from objectives.schema import Strict
+
+__all__ = [
+    "SearchConfig",
+    "default_storage_url",
+    "build_sampler",
+    "build_pruner",
+    "open_study",
+    "enqueue_warm_start",
+    "fail_orphans",
+    "requeue",
+    "ATTR_ATTEMPT",
+    "ATTR_RETRY_OF",
+    "ATTR_SEED",
+    "ATTR_FAIL_REASON",
+    "STUDY_ATTR_WARM",
+]
+
+ATTR_ATTEMPT = "attempt"  # 0 for a fresh trial, k for the k-th retry of the same parameters
+ATTR_RETRY_OF = "retry_of"  # number of the failed trial these parameters come from
+ATTR_SEED = "seed"  # merge seed: ``mergekit-yaml recipe.yaml OUT --random-seed <seed>`` re-merges the trial
+ATTR_FAIL_REASON = "fail_reason"
+STUDY_ATTR_WARM = "warm_start_enqueued"
+
+SAMPLERS = ("tpe", "gp", "cmaes", "random", "nsgaii")
+PRUNERS = ("successive_halving", "hyperband", "none")
+
+
+class SearchConfig(Strict):
+    """The ``search:`` section of a run config.
+
+    ``n_trials`` counts *finished* trials (``COMPLETE`` or ``PRUNED``) of the study, across resumes; ``FAIL``
+    trials never count, so a crash or a retry does not eat the budget. The command line's ``--n-trials`` and
+    ``--workers`` override ``n_trials`` and ``workers``.
+    """
+
+    study_name: str | None = Field(None, description="Optuna study name; default: the run config's `name`.")
+    storage: str | None = Field(
+        None, description="Optuna storage URL; default: sqlite:///RUN/study.db (any RDB URL for clusters).")
+    sampler: Literal["tpe", "gp", "cmaes", "random", "nsgaii"] = "tpe"
+    n_startup_trials: int = Field(8, ge=0, description="random trials before tpe/gp model the space")
+    pruner: Literal["successive_halving", "hyperband", "none"] = "successive_halving"
+    reduction_factor: int = Field(3, ge=2, description="successive halving / hyperband reduction factor")
+    min_resource: int | Literal["auto"] = Field(
+        "auto", description="items evaluated before the first pruning decision ('auto': first stage's)")
+    multi_fidelity: bool = Field(
+        True, description="run the objective's fidelity stages one after the other (false: final stage only)")
+    n_trials: int = Field(30, ge=1)
+    workers: int = Field(2, ge=1, description="trials in flight (one Ray actor each)")
+    worker_cpus: float = Field(1.0, gt=0)
+    worker_gpus: float | None = Field(
+        None, ge=0, description="GPUs per worker; default: 1 when the Ray cluster has GPUs, else 0")
+    max_retries: int = Field(1, ge=0, description="re-queues of the parameters of a failed trial")
+
+
+def default_storage_url(run_dir: str | Path) -> str:
+    """``sqlite:///RUN/study.db`` (absolute path, so the URL works from any working directory)."""
+    return f"sqlite:///{(Path(run_dir).resolve() / 'study.db').as_posix()}"
+
+
+def build_sampler(
+    cfg: SearchConfig, seed: int, *, x0: dict[str, Any] | None = None, n_objectives: int = 1
+) -> optuna.samplers.BaseSampler:
+    """The configured sampler, seeded; ``x0`` (the first warm-start recipe) is CMA-ES's starting mean."""
+    name = cfg.sampler
+    if n_objectives > 1 and name not in ("nsgaii", "random", "tpe"):
+        raise UserError(
+            f"search.sampler {name!r} is single-objective but the objective has {n_objectives} values: "
+            "use `nsgaii`, `tpe` or `random`")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
+                                          multivariate=True, constant_liar=True)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(x0=dict(x0) if x0 else None, seed=seed,
+                                            n_startup_trials=0)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
+    """SuccessiveHalving (default), Hyperband or none; steps are items evaluated."""
+    if cfg.pruner == "none" or not cfg.multi_fidelity:
+        return optuna.pruners.NopPruner()
+    if cfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1 if cfg.min_resource == "auto" else cfg.min_resource,
+                                              reduction_factor=cfg.reduction_factor)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=cfg.min_resource,
+                                                  reduction_factor=cfg.reduction_factor)
+
+
+def open_study(
+    cfg: SearchConfig,
+    *,
+    name: str,
+    run_dir: str | Path,
+    seed: int,
+    directions: list[str] | None = None,
+    x0: dict[str, Any] | None = None,
+) -> optuna.Study:
+    """Create the study or load it to resume (same name, same storage)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    directions = directions or ["maximize"]
+    storage = cfg.storage or default_storage_url(run_dir)
+    try:
+        study = optuna.create_study(
+            storage=storage,
+            study_name=cfg.study_name or name,
+            sampler=build_sampler(cfg, seed, x0=x0, n_objectives=len(directions)),
+            pruner=build_pruner(cfg),
+            directions=directions,
+            load_if_exists=True,
+        )
+    except (ValueError, ImportError) as err:  # bad URL / missing DB driver: a user problem
+        raise UserError(f"search.storage {storage!r} cannot be opened: {err}; "
+                        "use sqlite:///PATH or an RDB URL such as postgresql://user@host/db") from None
+    if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
+        raise UserError(
+            f"study {study.study_name!r} in {storage} has directions "
+            f"{[d.name.lower() for d in study.directions]} but the objective has {directions}: "
+            "use another --out folder or search.study_name")
+    return study
+
+
+def enqueue_warm_start(study: optuna.Study, params_list: list[dict[str, Any]], seed: int) -> int:
+    """Enqueue hand recipes once per study; returns how many were enqueued now (0 on resume)."""
+    if study.user_attrs.get(STUDY_ATTR_WARM):
+        return 0
+    for i, params in enumerate(params_list):
+        study.enqueue_trial(params, user_attrs={ATTR_ATTEMPT: 0, "warm_start": i}, skip_if_exists=True)
+    study.set_user_attr(STUDY_ATTR_WARM, len(params_list))
+    return len(params_list)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
+    """Re-queue a failed trial's parameters (same merge seed) unless it used up ``max_retries``."""
+    attempt = int(trial.user_attrs.get(ATTR_ATTEMPT, 0))
+    if attempt >= max_retries or not trial.params:
+        return False
+    attrs = {ATTR_ATTEMPT: attempt + 1, ATTR_RETRY_OF: trial.number}
+    if ATTR_SEED in trial.user_attrs:
+        attrs[ATTR_SEED] = trial.user_attrs[ATTR_SEED]
+    study.enqueue_trial(dict(trial.params), user_attrs=attrs)
+    return True
+
+
+def fail_orphans(study: optuna.Study, max_retries: int) -> list[int]:
+    """Mark trials left RUNNING by a dead driver as FAIL (reason ``orphaned``) and re-queue them."""
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for ft in orphans:
+        optuna.trial.Trial(study, ft._trial_id).set_user_attr(
+            ATTR_FAIL_REASON, "orphaned: the driver stopped while the trial was running")
+        study.tell(ft.number, state=TrialState.FAIL)
+        requeue(study, ft, max_retries)
+    return [ft.number for ft in orphans]
