@@ -451,8 +451,9 @@ class SimulatedWorker:
             raise RuntimeError(f"simulated failure of trial {trial_number}")
         rng = random.Random(seed * 31 + stage)
         factor = 1 + self.jitter * (2 * random.Random(seed).random() - 1)
+        started = time.time()
         time.sleep(self.seconds * factor)
         base = 1 - sum((float(v) - 0.5) ** 2 for v in params.values())
         noise = 0.05 * rng.random() / math.sqrt(self.items[stage])
         return {"value": base + noise, "items": self.items[stage],
-                "attrs": {"scores": {"sim": base + noise}, "stage_seconds": self.seconds * factor}}
+                "attrs": {"scores": {"sim": base + noise}, "started": started, "ended": time.time()}}
