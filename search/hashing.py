@@ -1,0 +1,58 @@
+"""``weights_sha256``: one fingerprint for "the weights that were scored", in memory or on disk.
+
+SHA-256 over every tensor in sorted name order; each tensor contributes its name (UTF-8) followed by its
+raw bytes as stored (contiguous, in the tensor's own dtype, the machine's little-endian layout that
+safetensors also uses). The same function hashes a resident ``PreTrainedModel`` (its ``state_dict()``) and
+a saved model folder (its ``*.safetensors`` files), so an exported merge can be checked against the scored
+candidate with ``merge-search hash DIR``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from objectives.errors import UserError
+
+__all__ = ["weights_sha256", "hash_model_dir", "tensor_bytes"]
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw bytes of ``t`` as stored: contiguous, its own dtype, on the CPU."""
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def weights_sha256(model_or_state_dict) -> str:
+    """SHA-256 (hex) of a model's ``state_dict()`` or of a ``{name: tensor}`` mapping (see module doc)."""
+    tensors: Mapping[str, torch.Tensor] = (
+        model_or_state_dict if isinstance(model_or_state_dict, Mapping) else model_or_state_dict.state_dict()
+    )
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode("utf-8"))
+        h.update(tensor_bytes(tensors[name]))
+    return h.hexdigest()
+
+
+def hash_model_dir(path: str | Path) -> str:
+    """``weights_sha256`` of the tensors in every ``*.safetensors`` file of a saved model folder."""
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    if not files:
+        raise UserError(f"{str(p)!r} holds no *.safetensors files: pass a folder written by "
+                        "`merge-search merge`, `mergekit-yaml` or `save_pretrained`")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        for name, t in load_file(str(f)).items():
+            if name in tensors:
+                raise UserError(f"tensor {name!r} appears in two shards of {str(p)!r}: the folder is corrupt")
+            tensors[name] = t
+    return weights_sha256(tensors)

@@ -1,0 +1,274 @@
+"""In-memory merging: one resident model, updated in place by mergekit's own planner and merge methods.
+
+A :class:`ResidentMerger` opens the source models once (mergekit's ``LoaderCache``), checks that they share
+one architecture and one set of tensor shapes, and keeps one merged ``PreTrainedModel`` resident on its
+device. :meth:`ResidentMerger.merge` reseeds torch (exactly as ``mergekit-yaml --random-seed N`` does),
+plans the given :class:`~mergekit.config.MergeConfiguration` with mergekit's ``MergePlanner``, executes the
+per-tensor merge tasks with mergekit's ``Executor`` and copies every result into the resident weights. The
+weights are bit-identical to what stock ``mergekit-yaml RECIPE OUT --random-seed N`` writes on the same
+device (``tests/test_merge.py`` checks this through the real executable).
+
+:func:`merge_to_dir` is the export path (``merge-search merge``): the same in-memory merge, then
+``save_pretrained`` plus a ``merge.json`` sidecar with the seed, device, versions, recipe and hash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from objectives.errors import UserError
+from search.hashing import hash_model_dir, weights_sha256
+
+__all__ = ["ResidentMerger", "MergeResult", "MergeError", "merge_to_dir", "load_recipe", "plan_merge_tasks",
+           "reseed"]
+
+LOG = logging.getLogger(__name__)
+
+
+class MergeError(RuntimeError):
+    """One candidate could not be merged (e.g. a NaN/inf tensor); the merger stays usable for the next."""
+
+
+@dataclass
+class MergeResult:
+    """A finished merge: ``model`` is the resident model (its weights are overwritten by the next merge)."""
+
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any
+    weights_sha256: str | None
+    seconds: float
+    seed: int
+    device: str
+    merge_config: Any  # the recipe as given (a copy; mergekit never sees this object)
+
+
+def reseed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) exactly as ``mergekit-yaml --random-seed`` does."""
+    import transformers
+
+    transformers.trainer_utils.set_seed(seed)
+
+
+def load_recipe(recipe) -> Any:
+    """A :class:`MergeConfiguration` from a YAML path, a dict or a configuration (never mutated)."""
+    import pydantic
+    from mergekit.config import MergeConfiguration
+
+    from objectives.schema import format_validation_error, load_yaml
+
+    if isinstance(recipe, MergeConfiguration):
+        return recipe.model_copy(deep=True)
+    source = "recipe"
+    if isinstance(recipe, (str, Path)):
+        source, recipe = str(recipe), load_yaml(recipe)
+    try:
+        return MergeConfiguration.model_validate(recipe)
+    except pydantic.ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+
+
+def plan_merge_tasks(merge_config, options, out_model_config) -> list:
+    """mergekit's per-tensor merge tasks for ``merge_config`` (a list of ``ExecuteMergeMethodTask``).
+
+    WORKAROUND (mergekit 0.1.5): ``MergePlanner.plan_in_memory()`` raises ``TypeError: Can't instantiate
+    abstract class Task[Tensor]`` (its ``ReturnTensor`` wrapper no longer validates). We run the same
+    planning step it would (``_plan()``) and return the planned tensor tasks (``_tensors``) ourselves; the
+    dtype cast ``ReturnTensor``/``SaveTensor`` would apply is done by the caller. Executed in this order
+    the tasks draw DARE masks in the same order as ``run_merge``, so the weights are bit-identical.
+    ``tests/test_merge.py::test_plan_in_memory_workaround_still_needed`` fails loudly when mergekit changes
+    (fixed upstream, or ``_plan``/``_tensors`` renamed). ``_plan`` mutates the config: pass a copy.
+    """
+    from mergekit.architecture import get_architecture_info
+    from mergekit.plan import MergePlanner
+
+    arch = get_architecture_info(merge_config, options)
+    planner = MergePlanner(merge_config, arch, options=options, out_model_config=out_model_config)
+    planner._plan()
+    return list(planner._tensors)
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    from mergekit.common import dtype_from_name
+
+    return dtype_from_name(name) if name else None
+
+
+def _ref(path: str):
+    from mergekit.common import ModelReference
+
+    return ModelReference.model_validate(str(path))
+
+
+def _tensor_shapes(ref) -> dict[str, tuple[int, ...]] | None:
+    """``{name: shape}`` from the safetensors headers of a model (None for other formats)."""
+    from mergekit.io.tasks import LoaderCache
+    from safetensors import safe_open
+
+    index = LoaderCache().get(ref).index
+    shapes = {}
+    for name, shard in index.tensor_paths.items():
+        if not shard.endswith(".safetensors"):
+            return None
+        with safe_open(str(Path(index.base_path) / shard), framework="pt") as f:
+            shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+class ResidentMerger:
+    """Loads the source models once and merges each candidate into one resident model.
+
+    ``dtype`` is the resident model's dtype (default: the base model's stored dtype); a recipe whose
+    ``out_dtype``/``dtype`` differs converts the resident model first. ``device`` is where the merge math
+    runs and where the model lives (``cpu`` or ``cuda``); DARE masks depend on it, so an export must use the
+    same device as the scored trial.
+    """
+
+    def __init__(self, base_model: str, models: Sequence[str], *, device: str = "cpu",
+                 dtype: str | None = None, tokenizer_source: str | None = None,
+                 trust_remote_code: bool = False):
+        import transformers
+        from mergekit.io.tasks import LoaderCache
+        from mergekit.options import MergeOptions
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device={device!r} but torch sees no CUDA device: use --device cpu")
+        self.device = device
+        self.options = MergeOptions(device=device, trust_remote_code=trust_remote_code, quiet=True)
+        self.base_model = str(base_model)
+        self.models = list(dict.fromkeys([self.base_model, *map(str, models)]))
+        self._refs = {m: _ref(m) for m in self.models}
+        cache = LoaderCache()
+        cache.setup(self.options)
+        for ref in self._refs.values():
+            cache.get(ref)  # open every source once (mergekit's loader cache keeps them)
+        self._check_compatible()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            tokenizer_source or self.base_model, trust_remote_code=trust_remote_code)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            self.base_model, dtype=_dtype(dtype) or "auto", trust_remote_code=trust_remote_code,
+        ).to(device).eval().requires_grad_(False)
+
+    @classmethod
+    def from_space(cls, space, *, device: str = "cpu") -> "ResidentMerger":
+        """A merger for every model of a :class:`search.space.SpaceConfig`."""
+        return cls(space.base_model, [m.model for m in space.models], device=device,
+                   dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source)
+
+    def _check_compatible(self) -> None:
+        """Same architecture and tensor shapes for every source, or a :class:`UserError` (before merging)."""
+        base = self._refs[self.base_model]
+        arch = base.config(trust_remote_code=self.options.trust_remote_code).architectures
+        base_shapes = _tensor_shapes(base)
+        for m, ref in self._refs.items():
+            other = ref.config(trust_remote_code=self.options.trust_remote_code).architectures
+            if other != arch:
+                raise UserError(f"model {m!r} has architecture {other} but the base model {self.base_model!r} "
+                                f"has {arch}: merge only models of one architecture")
+            shapes = _tensor_shapes(ref)
+            if base_shapes is None or shapes is None or ref is base:
+                continue
+            diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
+            if diff:
+                n = diff[0]
+                raise UserError(f"model {m!r} does not match the base model {self.base_model!r}: tensor {n!r} "
+                                f"has shape {shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) "
+                                "differ): merge only fine-tunes of the same base")
+
+    def merge(self, merge_config, seed: int, *, compute_hash: bool = True) -> MergeResult:
+        """Merge ``merge_config`` with ``seed`` into the resident model (weights updated in place).
+
+        Raises :class:`MergeError` for a candidate that yields NaN/inf (naming the tensor); the next call
+        overwrites every weight, so the merger stays usable. A model the merger was not built with is a
+        :class:`UserError`.
+        """
+        from mergekit.graph import Executor
+
+        t0 = time.perf_counter()
+        config = load_recipe(merge_config)  # a deep copy: mergekit's planner mutates what it is given
+        unknown = [str(r) for r in config.referenced_models() if str(r) not in self._refs]
+        if unknown:
+            raise UserError(f"recipe references model(s) {unknown} that this merger did not load "
+                            f"(loaded: {self.models}): build the merger with every model of the space")
+        want = _dtype(config.out_dtype or config.dtype)
+        if want is not None and want != self.model.dtype:
+            self.model.to(want)
+        targets = self.model.state_dict()
+        tasks = plan_merge_tasks(config, self.options, self.model.config)
+        by_task = {task: weight for weight, task in tasks}
+        written: set[str] = set()
+        reseed(seed)  # immediately before the first merge task draws from torch's RNG
+        executor = Executor(list(by_task), math_device=self.device, storage_device=self.device)
+        for task, value in executor.run(quiet=True):
+            weight = by_task[task]
+            if value is None:
+                if weight.optional:
+                    continue
+                raise MergeError(f"merge produced no value for required tensor {weight.name!r}")
+            cast = _dtype(weight.force_dtype or config.out_dtype)
+            if cast is not None and value.dtype != cast:
+                value = value.to(cast)
+            if not torch.isfinite(value).all():
+                bad = int((~torch.isfinite(value)).sum())
+                raise MergeError(f"merged tensor {weight.name!r} has {bad} NaN/inf value(s): the candidate "
+                                 "is invalid (check weights/lambda/normalize)")
+            dest = targets.get(weight.name)
+            if dest is None:
+                raise MergeError(f"merged tensor {weight.name!r} does not exist in the resident model")
+            if dest.shape != value.shape or dest.dtype != value.dtype:
+                raise MergeError(f"merged tensor {weight.name!r} is {tuple(value.shape)} {value.dtype} but the "
+                                 f"resident model has {tuple(dest.shape)} {dest.dtype}")
+            dest.copy_(value)
+            written.add(weight.name)
+        missing = sorted(set(targets) - written)
+        if missing:
+            raise MergeError(f"the merge did not produce {len(missing)} tensor(s) of the model, e.g. "
+                             f"{missing[0]!r}")
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        digest = weights_sha256(self.model) if compute_hash else None
+        return MergeResult(model=self.model, tokenizer=self.tokenizer, weights_sha256=digest,
+                           seconds=time.perf_counter() - t0, seed=seed, device=self.device,
+                           merge_config=load_recipe(merge_config))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    return {p: version(p) for p in ("torch", "transformers", "mergekit")}
+
+
+def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """Run the in-memory merge of ``recipe`` and save it to ``out`` with a ``merge.json`` sidecar.
+
+    Returns the sidecar dict. The saved safetensors hash to the in-memory ``weights_sha256`` (checked).
+    """
+    from search.space import recipe_yaml
+
+    config = load_recipe(recipe)
+    refs = [str(r) for r in config.referenced_models()]
+    base = str(config.base_model) if config.base_model else refs[0]
+    tok = config.tokenizer_source if isinstance(config.tokenizer_source, str) and \
+        config.tokenizer_source not in ("base", "union") else None
+    merger = ResidentMerger(base, refs, device=device, dtype=config.out_dtype or config.dtype,
+                            tokenizer_source=str(tok) if tok else None)
+    res = merger.merge(config, seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.model.save_pretrained(out, safe_serialization=True)
+    res.tokenizer.save_pretrained(out)
+    text = recipe_yaml(res.merge_config)
+    (out / "mergekit_config.yml").write_text(text, encoding="utf-8")
+    saved = hash_model_dir(out)
+    if saved != res.weights_sha256:
+        raise RuntimeError(f"saved weights hash {saved} differs from the in-memory merge {res.weights_sha256}")
+    meta = {"seed": seed, "device": device, "versions": _versions(), "recipe": text,
+            "weights_sha256": res.weights_sha256, "merge_seconds": round(res.seconds, 3)}
+    (out / "merge.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
