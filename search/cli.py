@@ -19,6 +19,7 @@ __all__ = ["main", "build_parser"]
 # break the others. Order is the order shown in ``--help``.
 COMMAND_MODULES = [
     "demoworld.cli",
+    "search.merge_cli",
 ]
 
 
