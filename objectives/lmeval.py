@@ -1,12 +1,25 @@
-"""Score a resident (in-memory) model on lm-eval tasks: no save and reload per candidate."""
+"""Score a resident (in-memory) model on lm-eval tasks: no save and reload per candidate.
+
+Two levels:
+
+* :func:`evaluate_tasks` — one call, task names in, ``{task: {"score", "stderr", "n", "metric"}}`` out;
+* :func:`run_tasks` + :func:`doc_values` — the building blocks :class:`objectives.objective.Objective` uses:
+  already-loaded ``Task`` objects (datasets load once per run, not once per candidate) and per-document
+  metric values (so a later fidelity stage only evaluates the documents the earlier one did not).
+
+lm-eval's ``samples={task: ids}`` labels the i-th selected document with ``ids[i]`` while iterating the
+documents in dataset order, so ids are always passed sorted here.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate_tasks", "TaskScore"]
+__all__ = ["evaluate_tasks", "TaskScore", "make_lm", "run_tasks", "doc_values", "mean_and_stderr",
+           "task_manager"]
 
 TaskScore = dict[str, Any]  # {"score": float, "stderr": float | None, "n": int, "metric": str}
 
@@ -14,6 +27,59 @@ TaskScore = dict[str, Any]  # {"score": float, "stderr": float | None, "n": int,
 def _quiet_lm_eval() -> None:
     for name in ("lm-eval", "lm_eval", "lm_eval.evaluator", "lm_eval.api.task"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def task_manager(include_paths: list[str | Path] | None = None, include_defaults: bool = True):
+    """An lm-eval ``TaskManager`` over the built-in tasks (optional) and ``include_paths``."""
+    from lm_eval.tasks import TaskManager
+
+    _quiet_lm_eval()
+    paths = [str(p) for p in include_paths or []]
+    return TaskManager(include_path=paths or None, include_defaults=include_defaults)
+
+
+def make_lm(model, tokenizer, batch_size: int = 32, device: str | None = None):
+    """lm-eval's ``HFLM`` wrapping the resident ``model`` (a ``PreTrainedModel`` already on its device)."""
+    from lm_eval.models.huggingface import HFLM
+
+    _quiet_lm_eval()
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                device=device or str(next(model.parameters()).device))
+
+
+def run_tasks(lm, tasks: list, samples: dict[str, list[int]] | None, *, task_manager=None,
+              apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
+              bootstrap_iters: int = 0, log_samples: bool = True) -> dict:
+    """``lm_eval.simple_evaluate`` on ``tasks`` (names or loaded ``Task`` objects) restricted to ``samples``.
+
+    Seeds are lm-eval's fixed defaults (it reseeds python/numpy/torch on every call), so two calls on the
+    same model and documents give the same numbers.
+    """
+    import lm_eval
+
+    _quiet_lm_eval()
+    samples = {t: sorted(ids) for t, ids in samples.items()} if samples is not None else None
+    return lm_eval.simple_evaluate(
+        model=lm, tasks=list(tasks), task_manager=task_manager, samples=samples,
+        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
+        log_samples=log_samples, bootstrap_iters=bootstrap_iters)
+
+
+def doc_values(out: dict, task: str, metric: str) -> dict[int, float]:
+    """``{doc id: value}`` of ``metric`` (``name,filter``) for ``task`` from a ``log_samples`` result."""
+    name, _, filt = metric.partition(",")
+    return {int(s["doc_id"]): float(s[name]) for s in out["samples"][task]
+            if s["filter"] == filt and name in s}
+
+
+def mean_and_stderr(values: list[float]) -> tuple[float, float | None]:
+    """Mean and its standard error (sample standard deviation / sqrt(n), as lm-eval's ``mean_stderr``)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(var / n)
 
 
 def evaluate_tasks(
@@ -32,16 +98,9 @@ def evaluate_tasks(
     ``metric`` maps a task to its lm-eval metric key (default ``acc,none``); ``samples`` restricts a task to
     the given document ids (lm-eval's ``samples``). Returns ``{task: {"score", "stderr", "n", "metric"}}``.
     """
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
-    _quiet_lm_eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-              device=device or str(next(model.parameters()).device))
-    tm = TaskManager(include_path=str(include_path) if include_path else None, verbosity="ERROR")
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, samples=samples,
-                                  log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+    lm = make_lm(model, tokenizer, batch_size=batch_size, device=device)
+    tm = task_manager([include_path] if include_path else None)
+    out = run_tasks(lm, tasks, samples, task_manager=tm, bootstrap_iters=100, log_samples=False)
     results = {}
     for task in tasks:
         key = (metric or {}).get(task, "acc,none")

@@ -1,0 +1,172 @@
+"""The ``objective:`` config section: which lm-eval tasks score a candidate, on which fixed documents.
+
+Every field is a YAML key (the pydantic model IS the format)::
+
+    objective:
+      include_paths: [my_tasks/]          # custom lm-eval task YAMLs (besides lm-eval's built-in tasks)
+      tasks:
+        - {name: arc_de, metric: acc_norm, weight: 1.0, num_fewshot: 0, subset: 300, heldout: 300}
+        - {name: demo_zahlen_search, test_task: demo_zahlen_test, subset: all}
+      subset_seed: 0                       # the only randomness of the subsets
+      stages: [50, 200, all]               # multi-fidelity: items per task evaluated at each stage
+      aggregate: weighted_mean             # | min | expert_relative (needs `reference`)
+      batch_size: 32
+      secondary: {name: english, tasks: [{name: arc_easy, subset: 250}]}
+      constraints: [{objective: english, min: 0.7}]
+
+Held-out documents come either from the same task (``heldout: N`` documents disjoint from the search subset)
+or from a separate task (``test_task``; ``heldout`` then counts its documents, default all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+import pydantic
+from pydantic import Field
+
+from objectives.schema import Strict
+
+__all__ = ["TaskSpec", "ScoreSpec", "SecondaryObjective", "Constraint", "ObjectiveConfig", "Size"]
+
+Size = Union[int, Literal["all"]]
+
+
+class TaskSpec(Strict):
+    """One lm-eval task of an objective."""
+
+    name: str
+    # lm-eval metric key ``metric,filter``; a bare ``acc_norm`` means ``acc_norm,none``.
+    metric: str = "acc,none"
+    weight: float = Field(default=1.0, gt=0)
+    # None keeps the task's own default (0 when the task defines none).
+    num_fewshot: int | None = Field(default=None, ge=0)
+    # Search subset: N documents chosen once from ``subset_seed`` (``all`` = every document).
+    subset: Size = 250
+    # Held-out documents: disjoint from the search subset of ``name``, or taken from ``test_task``.
+    heldout: Size | None = None
+    test_task: str | None = None
+
+    @pydantic.field_validator("metric")
+    @classmethod
+    def _full_key(cls, v: str) -> str:
+        return v if "," in v else f"{v},none"
+
+    @pydantic.field_validator("subset", "heldout")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"a subset size must be >= 1 or 'all', but got {v}")
+        return v
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "TaskSpec":
+        if self.test_task == self.name:
+            raise ValueError(f"test_task must differ from name ({self.name!r}): use `heldout: N` for a "
+                             "held-out subset of the same task")
+        if self.test_task is None and self.subset == "all" and self.heldout is not None:
+            raise ValueError("`subset: all` leaves no documents for `heldout`: give subset a number or set "
+                             "`test_task`")
+        return self
+
+    @property
+    def has_heldout(self) -> bool:
+        return self.test_task is not None or self.heldout is not None
+
+
+class ScoreSpec(Strict):
+    """Tasks and how their metrics combine into one number (the fitness)."""
+
+    tasks: list[TaskSpec] = Field(min_length=1)
+    # weighted_mean: sum(w * s) / sum(w); min: the worst task; expert_relative: weighted mean of
+    # s / reference[task] (1.0 = as good as the reference, e.g. the best expert, on every task).
+    aggregate: Literal["weighted_mean", "min", "expert_relative"] = "weighted_mean"
+    reference: dict[str, float] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "ScoreSpec":
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"each task must appear once per objective, but {dup} appear more often")
+        if self.aggregate == "expert_relative":
+            missing = [n for n in names if not (self.reference or {}).get(n)]
+            if missing:
+                raise ValueError(f"aggregate expert_relative needs a non-zero `reference` score for every task, "
+                                 f"but {missing} have none: add `reference: {{task: score}}` (e.g. the best "
+                                 "expert's score from `merge-search evaluate`)")
+        return self
+
+
+class SecondaryObjective(ScoreSpec):
+    """An optional second objective (e.g. English retention) for multi-objective search."""
+
+    name: str = "secondary"
+
+
+class Constraint(Strict):
+    """A bound on an objective (``primary``, the secondary's name) or on one task's score."""
+
+    objective: str
+    min: float | None = None
+    max: float | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> "Constraint":
+        if self.min is None and self.max is None:
+            raise ValueError(f"constraint on {self.objective!r} needs `min` and/or `max`")
+        if self.min is not None and self.max is not None and not self.min <= self.max:
+            raise ValueError(f"`min <= max` must hold, but got (min={self.min}, max={self.max})")
+        return self
+
+
+class ObjectiveConfig(ScoreSpec):
+    """The ``objective:`` section."""
+
+    include_paths: list[Path] = []
+    # Also index lm-eval's built-in tasks (about 5 s); off for configs that only use custom tasks.
+    include_defaults: bool = True
+    subset_seed: int = 0
+    # Items per task at each fidelity stage (capped at the task's subset); the last stage should be `all`.
+    stages: list[Size] = ["all"]
+    apply_chat_template: bool = False
+    fewshot_as_multiturn: bool = False
+    batch_size: int = Field(default=32, ge=1)
+    # lm-eval bootstrap iterations for stderr of non-mean metrics (mean metrics use the closed form).
+    bootstrap_iters: int = Field(default=100, ge=0)
+    secondary: SecondaryObjective | None = None
+    constraints: list[Constraint] = []
+
+    @pydantic.model_validator(mode="after")
+    def _check_objective(self) -> "ObjectiveConfig":
+        problems = []
+        ints = [s for s in self.stages if s != "all"]
+        if any(s < 1 for s in ints):
+            problems.append(f"stages: every stage must be >= 1 or 'all', but got {self.stages}")
+        if ints != sorted(set(ints)) or ("all" in self.stages and self.stages[-1] != "all") \
+                or self.stages.count("all") > 1:
+            problems.append(f"stages: must grow strictly with 'all' (if any) last, but got {self.stages}")
+        if not self.stages:
+            problems.append("stages: give at least one stage, e.g. [all]")
+        if self.fewshot_as_multiturn and not self.apply_chat_template:
+            problems.append("fewshot_as_multiturn: true needs apply_chat_template: true")
+        names = [t.name for t in self.all_tasks()]
+        both = sorted({n for n in names if names.count(n) > 1})
+        if both:
+            problems.append(f"tasks {both} appear in both the primary and the secondary objective: a task "
+                            "belongs to one objective")
+        known = {"primary", *(t.name for t in self.tasks)}
+        if self.secondary:
+            known |= {self.secondary.name, *(t.name for t in self.secondary.tasks)}
+        for i, c in enumerate(self.constraints):
+            if c.objective not in known:
+                problems.append(f"constraints[{i}].objective: {c.objective!r} is neither 'primary', the "
+                                f"secondary objective's name nor a task; known: {sorted(known)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def all_tasks(self) -> list[TaskSpec]:
+        """Primary then secondary task specs."""
+        return list(self.tasks) + (list(self.secondary.tasks) if self.secondary else [])
