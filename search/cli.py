@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser"]
 # Sub-command modules, imported lazily so ``--help`` stays fast and a broken optional stage does not
 # break the others. Order is the order shown in ``--help``.
 COMMAND_MODULES = [
+    "search.search_cli",
     "demoworld.cli",
     "search.merge_cli",
 ]

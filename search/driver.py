@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 
 from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, requeue
 
-__all__ = ["Driver", "DriverResult", "SimulatedWorker", "trial_seed", "init_ray"]
+__all__ = ["Driver", "DriverResult", "SimulatedWorker", "MergeEvalWorker", "trial_seed", "init_ray"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -457,3 +457,62 @@ class SimulatedWorker:
         noise = 0.05 * rng.random() / math.sqrt(self.items[stage])
         return {"value": base + noise, "items": self.items[stage],
                 "attrs": {"scores": {"sim": base + noise}, "started": started, "ended": time.time()}}
+
+
+class MergeEvalWorker:
+    """The real worker: merges a trial's recipe into a resident model and scores it stage by stage.
+
+    ``config`` is the validated run config (``space``, ``objective``, ``device``). The source models and the
+    lm-eval tasks are loaded once in :meth:`setup`; the merged model of the current trial stays resident
+    between its stages, and each stage only evaluates the documents the previous one did not cover.
+    """
+
+    def __init__(self, config: Any):
+        self.config = config
+        self._trial: tuple[int, Any, Any, Any] | None = None  # (number, merge result, lm, last StageResult)
+
+    def setup(self) -> dict:
+        from objectives.objective import Objective
+        from search.merge import ResidentMerger
+
+        self.merger = ResidentMerger.from_space(self.config.space, device=self.config.device)
+        self.objective = Objective(self.config.objective)
+        return {"stages": len(self.config.objective.stages), "device": self.config.device}
+
+    def run_stage(self, trial_number: int, params: dict, seed: int, stage: int) -> dict:
+        from objectives.lmeval import make_lm
+        from search.space import to_merge_config
+
+        attrs: dict[str, Any] = {}
+        if self._trial is None or self._trial[0] != trial_number:
+            self._trial = None
+            merged = self.merger.merge(to_merge_config(self.config.space, params), seed)
+            lm = make_lm(merged.model, merged.tokenizer, batch_size=self.config.objective.batch_size)
+            self._trial = (trial_number, merged, lm, None)
+            attrs.update(weights_sha256=merged.weights_sha256, merge_seconds=round(merged.seconds, 3),
+                         merge_device=merged.device, eval_seconds=0.0)
+        number, merged, lm, prev = self._trial
+        t0 = time.perf_counter()
+        res = self.objective.score(merged.model, merged.tokenizer, stage=stage, previous=prev, lm=lm)
+        self._trial = (number, merged, lm, res)
+        attrs.update(scores=res.tasks, stderr=res.stderr, items_per_task=res.n,
+                     eval_seconds=round(time.perf_counter() - t0, 3), violations=res.violations,
+                     constraints=_constraint_values(self.config.objective, res))
+        if res.secondary is not None:
+            attrs["secondary"] = res.secondary
+        value: Any = [res.score, res.secondary] if self.config.objective.secondary else res.score
+        return {"value": value, "items": res.items, "attrs": attrs}
+
+
+def _constraint_values(objective_cfg: Any, res: Any) -> list[float]:
+    """Optuna constraint values (``<= 0`` is feasible) for the objective's constraints."""
+    out = []
+    sec = objective_cfg.secondary.name if objective_cfg.secondary else None
+    for c in objective_cfg.constraints:
+        v = res.score if c.objective == "primary" else res.secondary if c.objective == sec \
+            else res.tasks.get(c.objective)
+        if v is None:
+            out.append(0.0)
+            continue
+        out.append(max(c.min - v if c.min is not None else -math.inf, v - c.max if c.max is not None else -math.inf))
+    return out

@@ -95,9 +95,13 @@ def default_storage_url(run_dir: str | Path) -> str:
 
 
 def build_sampler(
-    cfg: SearchConfig, seed: int, *, x0: dict[str, Any] | None = None, n_objectives: int = 1
+    cfg: SearchConfig, seed: int, *, x0: dict[str, Any] | None = None, n_objectives: int = 1,
+    constrained: bool = False,
 ) -> optuna.samplers.BaseSampler:
-    """The configured sampler, seeded; ``x0`` (the first warm-start recipe) is CMA-ES's starting mean."""
+    """The configured sampler, seeded; ``x0`` (the first warm-start recipe) is CMA-ES's starting mean.
+
+    With ``constrained``, NSGA-II reads each trial's ``constraints`` user attribute (values ``<= 0`` are
+    feasible)."""
     name = cfg.sampler
     if n_objectives > 1 and name not in ("nsgaii", "random", "tpe"):
         raise UserError(
@@ -113,7 +117,11 @@ def build_sampler(
                                             n_startup_trials=0)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.NSGAIISampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints if constrained else None)
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
+    return list(trial.user_attrs.get("constraints", []))
 
 
 def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:
@@ -135,6 +143,7 @@ def open_study(
     seed: int,
     directions: list[str] | None = None,
     x0: dict[str, Any] | None = None,
+    constrained: bool = False,
 ) -> optuna.Study:
     """Create the study or load it to resume (same name, same storage)."""
     run_dir = Path(run_dir)
@@ -145,7 +154,7 @@ def open_study(
         study = optuna.create_study(
             storage=storage,
             study_name=cfg.study_name or name,
-            sampler=build_sampler(cfg, seed, x0=x0, n_objectives=len(directions)),
+            sampler=build_sampler(cfg, seed, x0=x0, n_objectives=len(directions), constrained=constrained),
             pruner=build_pruner(cfg),
             directions=directions,
             load_if_exists=True,
