@@ -20,6 +20,7 @@ __all__ = ["main", "build_parser"]
 COMMAND_MODULES = [
     "search.search_cli",
     "demoworld.cli",
+    "search.mtbench_cli",
     "search.merge_cli",
 ]
 

@@ -1,0 +1,92 @@
+"""Side-by-side MT-Bench tables (per-category deltas in percent against a baseline) and a bar chart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from objectives.errors import UserError
+from objectives.mtbench.config import DEFAULT_TEMPERATURES
+from objectives.mtbench.scores import FASTEVAL_KEYS, STANDIN_LABEL
+
+__all__ = ["load_scores", "comparison_table", "bar_chart"]
+
+SUMMARY_ROWS = ("first_turn", "second_turn", "average")
+
+
+def load_scores(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"scores file {str(p)!r} does not exist: pass scores.json files written by `mtbench run`/`rescore`")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg})") from None
+    missing = [k for k in FASTEVAL_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise UserError(f"{p}: not an MT-Bench scores.json, missing {missing}")
+    return data
+
+
+def _categories(all_scores: list[dict]) -> list[str]:
+    seen = [c for s in all_scores for c in s["categories"]]
+    known = [c for c in DEFAULT_TEMPERATURES if c in seen]
+    return known + sorted(set(seen) - set(known))
+
+
+def _value(scores: dict, row: str) -> float | None:
+    return scores.get(row) if row in SUMMARY_ROWS else scores["categories"].get(row)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def _delta(x: float | None, base: float | None) -> str:
+    return "–" if x is None or not base else f"{100 * (x - base) / base:+.1f}%"
+
+
+def comparison_table(all_scores: list[dict], names: list[str], baseline: int = 0) -> str:
+    """A Markdown table: one score column per model, a ``Δ%`` column per non-baseline model."""
+    header = ["", *(h for i, n in enumerate(names) for h in ([n] if i == baseline else [n, f"Δ% vs {names[baseline]}"]))]
+    rows = []
+    for row in [*_categories(all_scores), *SUMMARY_ROWS]:
+        base = _value(all_scores[baseline], row)
+        cells = [f"**{row}**" if row in SUMMARY_ROWS else row]
+        for i, s in enumerate(all_scores):
+            cells.append(_fmt(_value(s, row)))
+            if i != baseline:
+                cells.append(_delta(_value(s, row), base))
+        rows.append(cells)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    if any(s.get("label") == STANDIN_LABEL for s in all_scores):
+        lines.append(f"\n*{STANDIN_LABEL}.*")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(all_scores: list[dict], names: list[str], path: str | Path, title: str = "MT-Bench") -> Path:
+    """Grouped bars per category (plus the average), one colour per model; written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = _categories(all_scores) + ["average"]
+    width = 0.8 / len(all_scores)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cats)), 4.0))
+    for i, (s, n) in enumerate(zip(all_scores, names)):
+        vals = [_value(s, c) or 0.0 for c in cats]
+        ax.bar([k + (i - (len(all_scores) - 1) / 2) * width for k in range(len(cats))], vals, width, label=n)
+    ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right")
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("score (1-10)")
+    if any(s.get("label") == STANDIN_LABEL for s in all_scores):
+        title += "\n" + STANDIN_LABEL
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

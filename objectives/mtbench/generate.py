@@ -1,0 +1,162 @@
+"""Two-turn answers: each question through the chat template, the second turn seeing the first answer.
+
+Models are chat models with ``reply_all(conversations, temperatures, max_new_tokens, desc)``: a local
+Hugging Face folder (:class:`LocalChatModel`: batched, left-padded, stops at the tokenizer's eos, e.g.
+``<|im_end|>``) or an OpenAI-compatible endpoint (:class:`EndpointChatModel`). Answers are written as
+FastChat ``model_answer`` JSONL (``question_id``, ``answer_id``, ``model_id``, ``choices[0].turns``, ``tstamp``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from objectives.errors import UserError
+from objectives.mtbench.client import HttpSettings, chat_all
+from objectives.mtbench.config import MTBenchConfig
+from objectives.mtbench.questions import Question
+
+__all__ = ["ChatModel", "LocalChatModel", "EndpointChatModel", "generate_answers", "write_answers", "read_answers"]
+
+
+class ChatModel(Protocol):
+    def reply_all(self, conversations: list[list[dict]], temperatures: list[float], max_new_tokens: int,
+                  desc: str = "") -> list[str]: ...
+
+
+class LocalChatModel:
+    """A Hugging Face causal LM folder answering chats in batches (same temperature per batch)."""
+
+    def __init__(self, model, tokenizer, *, device: str = "cpu", batch_size: int = 8, seed: int = 0):
+        import torch
+
+        if tokenizer.chat_template is None:
+            raise UserError("the model's tokenizer has no chat template; MT-Bench needs one")
+        self.model, self.tok = model.to(device).eval(), tokenizer
+        self.device, self.batch_size = device, batch_size
+        torch.manual_seed(seed)
+        self.eos = self._eos_ids()
+        self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos[0]
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs) -> "LocalChatModel":
+        """Load a saved Hugging Face model folder (weights + tokenizer with a chat template)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"model {str(path)!r} is not a Hugging Face model folder (no config.json); pass a saved model dir")
+        return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
+
+    def _eos_ids(self) -> list[int]:
+        ids = {self.tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))}
+        im_end = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() else None
+        return sorted(i for i in ids | {im_end} if i is not None)
+
+    def _encode(self, conv: list[dict], max_new_tokens: int) -> list[int]:
+        text = self.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        if self.max_positions and len(ids) > self.max_positions - min(max_new_tokens, self.max_positions // 2):
+            ids = ids[-(self.max_positions - min(max_new_tokens, self.max_positions // 2)):]  # keep the latest turns
+        return ids
+
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+        import torch
+
+        encoded = [self._encode(c, max_new_tokens) for c in conversations]
+        order = sorted(range(len(encoded)), key=lambda i: (temperatures[i], len(encoded[i])))
+        batches, cur = [], []
+        for i in order:
+            if cur and (len(cur) == self.batch_size or temperatures[cur[0]] != temperatures[i]):
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        batches += [cur] if cur else []
+        out: list[str] = [""] * len(encoded)
+        with tqdm(total=len(encoded), desc=desc, leave=False) as bar, torch.no_grad():
+            for batch in batches:
+                for i, text in zip(batch, self._generate([encoded[i] for i in batch], temperatures[batch[0]], max_new_tokens)):
+                    out[i] = text
+                bar.update(len(batch))
+        return out
+
+    def _generate(self, ids: list[list[int]], temperature: float, max_new_tokens: int) -> list[str]:
+        import torch
+
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([[self.pad] * (width - len(x)) + x for x in ids], device=self.device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
+        new = max_new_tokens if not self.max_positions else max(1, min(max_new_tokens, self.max_positions - width))
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        gen = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new,
+                                  eos_token_id=self.eos, pad_token_id=self.pad, **sampling)
+        return [self.tok.decode(row[width:], skip_special_tokens=True).strip() for row in gen]
+
+
+def _as_list(x) -> list:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+class EndpointChatModel:
+    """A model behind an OpenAI-compatible chat-completions endpoint."""
+
+    def __init__(self, settings: HttpSettings):
+        self.settings = settings
+
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+        s = HttpSettings(**{**self.settings.__dict__, "max_tokens": max_new_tokens})
+        return chat_all(s, list(zip(conversations, temperatures)), desc=desc)
+
+
+def generate_answers(model: ChatModel, questions: tuple[Question, ...], cfg: MTBenchConfig,
+                     desc: str = "MT-Bench answers") -> dict[str, list[str]]:
+    """``{question_id: [answer_1, answer_2]}``; turn 2 is asked with turn 1's question and answer in context."""
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    temps = [cfg.temperature(q.category) for q in questions]
+    first_convs = [system + [{"role": "user", "content": q.turns[0]}] for q in questions]
+    first = model.reply_all(first_convs, temps, cfg.max_new_tokens, desc=f"{desc} (turn 1)")
+    second_convs = [
+        conv + [{"role": "assistant", "content": a}, {"role": "user", "content": q.turns[1]}]
+        for conv, a, q in zip(first_convs, first, questions)
+    ]
+    second = model.reply_all(second_convs, temps, cfg.max_new_tokens, desc=f"{desc} (turn 2)")
+    return {q.question_id: [a, b] for q, a, b in zip(questions, first, second)}
+
+
+def _fastchat_id(qid: str) -> int | str:
+    return int(qid) if qid.isdigit() else qid
+
+
+def write_answers(path: str | Path, answers: dict[str, list[str]], model_id: str) -> None:
+    """FastChat ``model_answer/<model>.jsonl`` layout, one line per question."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for qid, turns in answers.items():
+            answer_id = hashlib.sha1(json.dumps([model_id, qid, turns]).encode()).hexdigest()[:22]
+            rec = {"question_id": _fastchat_id(qid), "answer_id": answer_id, "model_id": model_id,
+                   "choices": [{"index": 0, "turns": list(turns)}], "tstamp": time.time()}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def read_answers(path: str | Path) -> dict[str, list[str]]:
+    """Read FastChat model_answer JSONL back into ``{question_id: [answer_1, answer_2]}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"answers file {str(path)!r} does not exist: pass a FastChat model_answer .jsonl")
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            out[str(rec["question_id"])] = list(rec["choices"][0]["turns"])
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise UserError(f"{path}:{n}: not a FastChat model_answer line (needs question_id, choices[0].turns)") from None
+    return out

@@ -1,0 +1,54 @@
+"""The MT-Bench stage end to end: questions -> answers -> judge replies -> scores, written to one folder.
+
+``OUT/answers.jsonl`` (FastChat model_answer), ``OUT/judge-replies.json`` (FastEval), ``OUT/scores.json``
+(FastEval's shape plus ``counts``; plus ``label`` when the stand-in judge graded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from objectives.errors import UserError
+from objectives.mtbench.config import MTBenchConfig
+from objectives.mtbench.generate import ChatModel, generate_answers, read_answers, write_answers
+from objectives.mtbench.judges import judge_answers, make_judge
+from objectives.mtbench.prompts import builtin_prompts, load_prompts
+from objectives.mtbench.questions import load_questions
+from objectives.mtbench.scores import compute_scores
+
+__all__ = ["run_mtbench", "write_json"]
+
+log = logging.getLogger("merge_search.mtbench")
+
+
+def write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | None = None, model_id: str = "model",
+                answers_path: str | Path | None = None) -> dict:
+    """Answer (with ``model``) or reuse ``answers_path``, judge, score; returns the scores dict."""
+    if cfg.questions is None:
+        raise UserError("mtbench.questions is not set: pass --questions FILE (FastEval .json, FastChat .jsonl or a dataset id)")
+    if (model is None) == (answers_path is None):
+        raise UserError("mtbench run needs exactly one of a model to answer with or an existing answers file")
+    out = Path(out_dir)
+    questions = load_questions(cfg.questions, cfg.limit)
+    prompts = load_prompts(cfg.judge.prompts) if cfg.judge.prompts else builtin_prompts(cfg.language)
+    judge = make_judge(cfg.judge)  # fail on a bad judge before spending time on answers
+    if model is not None:
+        answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers")
+        write_answers(out / "answers.jsonl", answers, model_id)
+    else:
+        answers = read_answers(answers_path)
+    missing = [q.question_id for q in questions if q.question_id not in answers]
+    if missing:
+        log.warning("%d question(s) have no answer and are not judged: %s", len(missing), missing[:10])
+    replies = judge_answers(judge, questions, answers, prompts)
+    write_json(out / "judge-replies.json", replies)
+    scores = compute_scores(replies, questions)
+    write_json(out / "scores.json", scores)
+    return scores
