@@ -1,0 +1,145 @@
+"""The run config: one YAML file with every section of a run (``configs/*.yaml``).
+
+::
+
+    name: demo                 # run folder default: results/<name>
+    seed: 0
+    device: auto               # cpu | cuda | auto (cuda when torch sees one); resolved when loaded
+    world: {path: results/demo-world, seed: 0}   # optional: the offline demo world, built when missing
+    space: {...}               # search.space.SpaceConfig
+    objective: {...}           # objectives.config.ObjectiveConfig
+    recipes: [hand.yaml]       # hand recipes (paths or inline mergekit configs); default: the seed recipe
+
+Relative paths (models, include paths, recipe files, the world) are relative to the working directory:
+run the commands from the repository root. :func:`load_run_config` validates the file (every problem in one
+error), resolves ``device: auto`` and fills in the default recipe; :func:`save_run_config` writes that
+resolved config, which loads back to the same object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import pydantic
+import yaml
+
+from objectives.config import ObjectiveConfig
+from objectives.errors import UserError
+from objectives.schema import Strict, load_yaml, validate
+from search.space import Choice, Range, SpaceConfig, method_parameters
+
+__all__ = ["RunConfig", "WorldConfig", "load_run_config", "save_run_config", "seed_recipe", "ensure_world",
+           "resolve_device", "SEED_DENSITY", "SEED_WEIGHTS"]
+
+# The seed recipe: DARE-TIES with density 0.6 for every model and weights 0.3 / 0.3 / 0.4 (three models;
+# other counts get equal weights).
+SEED_DENSITY = 0.6
+SEED_WEIGHTS = (0.3, 0.3, 0.4)
+
+
+class WorldConfig(Strict):
+    """The offline demo world (``demoworld.build.build_world``): built into ``path`` when missing."""
+
+    path: Path = Path("results/demo-world")
+    seed: int = 0
+
+
+class RunConfig(Strict):
+    """A whole run: search space, objective, hand recipes and run-wide settings."""
+
+    name: str = pydantic.Field(pattern=r"^[A-Za-z0-9._-]+$")
+    seed: int = 0
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    world: WorldConfig | None = None
+    space: SpaceConfig
+    objective: ObjectiveConfig
+    # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
+    recipes: list[Union[str, dict[str, Any]]] | None = None
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu`` (``cuda`` is checked where models load)."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _seed_value(spec: Any) -> Any:
+    if isinstance(spec, Range):
+        return (spec.low + spec.high) / 2
+    if isinstance(spec, Choice):
+        return spec.choices[0]
+    return spec
+
+
+def seed_recipe(space: SpaceConfig) -> dict[str, Any]:
+    """The default hand recipe as an inline mergekit config: density 0.6, weights 0.3 / 0.3 / 0.4.
+
+    Other parameters take their fixed value from the space (searched ones: a range's midpoint, the first
+    choice), so the recipe can warm-start a search of ``space``.
+    """
+    shared_decl, per_model_decl = method_parameters(space.merge_method)
+    n = len(space.models)
+    weights = list(SEED_WEIGHTS) if n == len(SEED_WEIGHTS) else [round(1 / n, 6)] * n
+    models = []
+    for m, w in zip(space.models, weights):
+        params = {k: _seed_value(v) for k, v in m.parameters.items()}
+        if "density" in per_model_decl:
+            params["density"] = SEED_DENSITY
+        if "weight" in per_model_decl:
+            params["weight"] = w
+        models.append({"model": m.model, "parameters": params})
+    recipe: dict[str, Any] = {"merge_method": space.merge_method, "base_model": space.base_model,
+                              "models": models, "dtype": space.dtype}
+    shared = {k: _seed_value(v) for k, v in space.parameters.items() if k in shared_decl}
+    if shared:
+        recipe["parameters"] = shared
+    if space.out_dtype:
+        recipe["out_dtype"] = space.out_dtype
+    if space.tokenizer_source:
+        recipe["tokenizer_source"] = space.tokenizer_source
+    return recipe
+
+
+def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:
+    """Validate the YAML at ``path`` (all problems in one :class:`UserError`).
+
+    With ``resolve`` (default), ``device: auto`` becomes the actual device and a missing ``recipes`` the
+    seed recipe; recipe paths must exist.
+    """
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a run config is a YAML mapping (name, space, objective, ...), but got "
+                        f"{type(data).__name__}")
+    cfg = validate(RunConfig, data, str(path))
+    if not resolve:
+        return cfg
+    missing = [r for r in cfg.recipes or [] if isinstance(r, str) and not Path(r).is_file()]
+    if missing:
+        raise UserError(f"{path}: recipes: file(s) {missing} do not exist: give mergekit YAML paths relative to "
+                        "the working directory (or inline configs)")
+    update: dict[str, Any] = {"device": resolve_device(cfg.device)}
+    if cfg.recipes is None:
+        update["recipes"] = [seed_recipe(cfg.space)]
+    return cfg.model_copy(update=update)
+
+
+def save_run_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Write ``cfg`` (every field, defaults included) as YAML that :func:`load_run_config` reads back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = cfg.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def ensure_world(cfg: RunConfig, *, quiet: bool = False):
+    """Build the config's demo world when it is missing (a quick no-op when complete); None without one."""
+    if cfg.world is None:
+        return None
+    from demoworld.build import build_world
+
+    return build_world(cfg.world.path, seed=cfg.world.seed, quiet=quiet)
