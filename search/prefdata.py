@@ -1,0 +1,195 @@
+"""German preference data for the DPO stage: load, normalise to trl's conversational layout, check, split.
+
+Accepted column layouts (detected from the columns; extra columns are ignored):
+
+- ``orca``: ``system`` (optional, may be empty), ``question``, ``chosen``, ``rejected`` — the layout of
+  orca_dpo_pairs and its German translation orca_dpo_pairs_de;
+- ``trl``: ``prompt``, ``chosen``, ``rejected`` — strings (wrapped as a user message and an assistant answer)
+  or conversational (``prompt`` a list of messages, ``chosen``/``rejected`` lists of assistant messages).
+
+Every row becomes ``{"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}``, so
+trl's ``DPOTrainer`` and :func:`objectives.preference.preference_scores` render it with the model's chat
+template. Sources: a local ``.json``/``.jsonl``/``.parquet`` file or a Hugging Face dataset id (``datasets``).
+
+Bad rows — missing or empty fields, ``chosen == rejected``, longer than ``max_length`` tokens — are collected
+with their 1-based row numbers into a :class:`BadRows` report; the caller skips them or fails.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from objectives.errors import UserError
+from objectives.preference import encode_pair
+
+__all__ = ["load_rows", "normalise", "check_lengths", "split_heldout", "BadRows", "CHATML_TEMPLATE",
+           "LAYOUTS", "Pair"]
+
+Pair = dict[str, Any]
+
+LAYOUTS = {"orca": ("question", "chosen", "rejected"), "trl": ("prompt", "chosen", "rejected")}
+
+# The ChatML template (the seed's ``chatml_de``): ``<|im_start|>role\ncontent<|im_end|>\n`` per message.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass
+class BadRows:
+    """Rows rejected by a check: ``reasons[reason] = [1-based row numbers]`` for one named source."""
+
+    source: str
+    total: int = 0
+    reasons: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, row: int) -> None:
+        self.reasons[reason].append(row)
+
+    @property
+    def count(self) -> int:
+        return len({r for rows in self.reasons.values() for r in rows})
+
+    def summary(self, show: int = 10) -> str:
+        """``SOURCE: 3 of 400 rows bad: empty chosen (rows 4, 9); chosen == rejected (row 12)``."""
+        parts = []
+        for reason, rows in self.reasons.items():
+            head = ", ".join(map(str, rows[:show])) + (f", ... ({len(rows) - show} more)" if len(rows) > show else "")
+            parts.append(f"{reason} ({len(rows)}: row{'s' if len(rows) > 1 else ''} {head})")
+        return f"{self.source}: {self.count} of {self.total} rows bad: " + "; ".join(parts)
+
+
+def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
+    """Rows of a local JSON/JSONL/parquet file or of split ``split`` of a Hugging Face dataset id."""
+    import datasets
+
+    path = Path(source)
+    looks_local = path.suffix.lower() in _FILE_BUILDERS or source.startswith((".", "/", "~")) or path.exists()
+    try:
+        if looks_local:
+            path = path.expanduser()
+            if not path.is_file():
+                raise UserError(f"preference data {source!r} does not exist: give a .json, .jsonl or .parquet file "
+                                "or a Hugging Face dataset id (owner/name)")
+            builder = _FILE_BUILDERS.get(path.suffix.lower())
+            if builder is None:
+                raise UserError(f"preference data {source!r}: unsupported file type {path.suffix!r}: "
+                                "use .json, .jsonl or .parquet")
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(source, split=split)
+    except UserError:
+        raise
+    except Exception as err:  # datasets raises many types (connection, arrow, missing split): one clear line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"preference data {source!r} could not be loaded ({type(err).__name__}: {first}): "
+                        "check the path/dataset id, the split and that every row has the same column types") from None
+    return list(ds)
+
+
+def detect_layout(columns: set[str], source: str) -> str:
+    """``"orca"`` or ``"trl"`` from the column names; anything else is a :class:`UserError`."""
+    for name, needed in LAYOUTS.items():
+        if set(needed) <= columns:
+            return name
+    raise UserError(
+        f"preference data {source!r}: unknown column layout {sorted(columns)}: expected columns "
+        "system/question/chosen/rejected (orca_dpo_pairs_de) or prompt/chosen/rejected (trl)"
+    )
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _messages(value: Any) -> list[dict] | None:
+    """A list of ``{"role", "content"}`` messages with non-empty content, else ``None``."""
+    if not isinstance(value, list) or not value:
+        return None
+    msgs = []
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or _text(m.get("content")) is None:
+            return None
+        msgs.append({"role": m["role"], "content": m["content"]})
+    return msgs
+
+
+def _row_pair(row: dict[str, Any], layout: str) -> tuple[Pair | None, str | None]:
+    """The normalised pair of one row, or ``(None, reason)``."""
+    if layout == "orca":
+        question, system = _text(row.get("question")), _text(row.get("system"))
+        if question is None:
+            return None, "missing or empty question"
+        prompt = ([{"role": "system", "content": row["system"]}] if system else []) + \
+                 [{"role": "user", "content": row["question"]}]
+    elif isinstance(row.get("prompt"), list):
+        prompt = _messages(row["prompt"])
+        if prompt is None:
+            return None, "missing or empty prompt messages"
+    else:
+        if _text(row.get("prompt")) is None:
+            return None, "missing or empty prompt"
+        prompt = [{"role": "user", "content": row["prompt"]}]
+    pair: Pair = {"prompt": prompt}
+    for key in ("chosen", "rejected"):
+        value = row.get(key)
+        if isinstance(value, list):
+            msgs = _messages(value)
+        else:
+            msgs = [{"role": "assistant", "content": value}] if _text(value) else None
+        if msgs is None:
+            return None, f"missing or empty {key}"
+        pair[key] = msgs
+    if pair["chosen"] == pair["rejected"]:
+        return None, "chosen == rejected"
+    return pair, None
+
+
+def normalise(rows: list[dict[str, Any]], source: str) -> tuple[list[Pair], list[int], BadRows]:
+    """Normalise ``rows`` to conversational pairs: ``(pairs, their 1-based row numbers, bad rows)``."""
+    if not rows:
+        raise UserError(f"preference data {source!r} has no rows: give a file with at least one preference pair")
+    layout = detect_layout(set().union(*(r.keys() for r in rows)), source)
+    bad = BadRows(source, total=len(rows))
+    pairs, numbers = [], []
+    for i, row in enumerate(rows, start=1):
+        pair, reason = _row_pair(row, layout)
+        if pair is None:
+            bad.add(reason, i)
+        else:
+            pairs.append(pair)
+            numbers.append(i)
+    return pairs, numbers, bad
+
+
+def check_lengths(pairs: list[Pair], numbers: list[int], tokenizer, max_length: int,
+                  bad: BadRows) -> tuple[list[Pair], list[int]]:
+    """Drop pairs whose prompt + chosen or prompt + rejected exceeds ``max_length`` tokens (recorded in ``bad``)."""
+    kept, kept_numbers = [], []
+    for pair, number in zip(pairs, numbers):
+        ids_c, _, ids_r, _ = encode_pair(tokenizer, pair)
+        if max(len(ids_c), len(ids_r)) > max_length:
+            bad.add(f"longer than max_length={max_length} tokens", number)
+        else:
+            kept.append(pair)
+            kept_numbers.append(number)
+    return kept, kept_numbers
+
+
+def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Split off ``fraction`` of ``pairs`` (at least one, seeded shuffle): ``(train, heldout)``."""
+    if len(pairs) < 2:
+        raise UserError(f"cannot split a held-out set off {len(pairs)} usable pair(s): give dpo.data.heldout "
+                        "or more training pairs")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_held = min(len(pairs) - 1, max(1, round(fraction * len(pairs))))
+    held = set(order[:n_held])
+    return [p for i, p in enumerate(pairs) if i not in held], [p for i, p in enumerate(pairs) if i in held]
