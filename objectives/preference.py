@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 __all__ = ["preference_scores", "sequence_logps", "PreferenceScore"]
@@ -66,11 +65,12 @@ def encode_pair(tokenizer, pair: dict[str, Any], max_length: int | None = None) 
     return tuple(out)  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def sequence_logps(model, sequences: Sequence[tuple[list[int], int]], *, batch_size: int = 8,
                    pad_id: int = 0, desc: str | None = None) -> list[float]:
     """Summed log-likelihood of the tokens ``ids[start:]`` of each ``(ids, start)`` under ``model`` (eval mode,
     right padding, float32 log-softmax)."""
+    import torch
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -86,7 +86,8 @@ def sequence_logps(model, sequences: Sequence[tuple[list[int], int]], *, batch_s
             ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
             attn[row, :len(seq)] = 1
             mask[row, start:len(seq)] = True
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         tok = torch.gather(logp, 2, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
         out += (tok * mask[:, 1:].to(device)).sum(-1).tolist()

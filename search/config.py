@@ -27,6 +27,7 @@ import yaml
 from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
 from objectives.schema import Strict, load_yaml, validate
+from search.dpo import DPOStageConfig
 from search.space import Choice, Range, SpaceConfig, method_parameters
 
 __all__ = ["RunConfig", "WorldConfig", "load_run_config", "save_run_config", "seed_recipe", "ensure_world",
@@ -56,6 +57,7 @@ class RunConfig(Strict):
     objective: ObjectiveConfig
     # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
     recipes: list[Union[str, dict[str, Any]]] | None = None
+    dpo: DPOStageConfig = DPOStageConfig()  # the DPO stage (search.dpo): `merge-search dpo CONFIG`
 
 
 def resolve_device(device: str) -> str:
