@@ -39,7 +39,7 @@ STRINGS: dict[str, dict[str, str]] = {
         ),
         "criteria_ref": (
             "Es zählen vor allem Richtigkeit und Nützlichkeit. Vergleiche die Antwort mit der Referenzantwort "
-            "und benenne jeden Fehler, den du findest."
+            "und benenne jeden Fehler, den du findest. Die Antwort soll in korrektem Deutsch geschrieben sein."
         ),
         "output": (
             "Begründe dein Urteil zuerst in wenigen sachlichen Sätzen. Gib danach eine Note von 1 (sehr schlecht) "

@@ -1,0 +1,59 @@
+"""FastEval-compatible aggregation: rating parsing, unparsed counting, and conformance on 34 published reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from objectives.errors import UserError
+from objectives.mtbench.questions import Question
+from objectives.mtbench.scores import compute_scores, parse_rating
+from search.cli import main
+
+
+@pytest.mark.parametrize(
+    "reply, rating",
+    [("Rating: [[8]]", 8), ("Note: [[7.5]]", 7.5), ("[3] shown first, then [[9]]", 9), ("only [6]", 6),
+     ("Rating: [[x]]", None), ("no rating", None), ("[[10]] and [[2]]", 10)],
+)
+def test_parse_rating(reply, rating):
+    assert parse_rating(reply) == rating
+
+
+def test_scores_drop_and_count_unparsed():
+    qs = [Question("1", "math", ("a", "b")), Question("2", "writing", ("c", "d"))]
+    replies = [
+        {"question_id": "1", "turn_number": 0, "judge_reply": "[[4]]"},
+        {"question_id": "2", "turn_number": 0, "judge_reply": "[[8]]"},
+        {"question_id": "1", "turn_number": 1, "judge_reply": "garbage"},
+        {"question_id": "2", "turn_number": 1, "judge_reply": "[[3]]"},
+    ]
+    s = compute_scores(replies, qs)
+    assert (s["first_turn"], s["second_turn"], s["average"]) == (6, 3, 4.5)
+    assert s["categories"] == {"math": 4, "writing": 5.5}
+    assert s["counts"] == {"first_turn": 2, "second_turn": 1, "unparsed_first_turn": 0, "unparsed_second_turn": 1}
+    with pytest.raises(UserError, match="'9'"):
+        compute_scores([{"question_id": 9, "turn_number": 0, "judge_reply": "[[1]]"}], qs)
+
+
+def test_rescore_reproduces_all_fasteval_reports(fasteval_dir, capsys):
+    reports = sorted(p for p in (fasteval_dir / "reports").iterdir() if p.is_dir())
+    assert len(reports) == 34
+    for report in reports:
+        rc = main(["mtbench", "rescore", str(report / "judge-replies.json"),
+                   "--questions", str(fasteval_dir / "questions.json"), "--json"])
+        assert rc == 0
+        got = json.loads(capsys.readouterr().out)
+        want = json.loads((report / "scores.json").read_text())
+        for key in ("first_turn", "second_turn", "average"):
+            assert got[key] == pytest.approx(want[key], abs=1e-9), (report.name, key)
+        assert list(got["categories"]) == list(want["categories"]), report.name
+        for cat, value in want["categories"].items():
+            assert got["categories"][cat] == pytest.approx(value, abs=1e-9), (report.name, cat)
+
+
+def test_rescore_missing_file_is_one_line_error(tmp_path, capsys):
+    assert main(["mtbench", "rescore", str(tmp_path / "nope.json"), "--questions", str(tmp_path / "q.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("merge-search: error:") and err.count("\n") == 1
