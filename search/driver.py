@@ -86,6 +86,7 @@ class _Slot:
     info: dict = field(default_factory=dict)
     ready: bool = False
     spawned: int = 0
+    ready_at: float = 0.0
 
 
 @dataclass
@@ -108,6 +109,7 @@ class DriverResult:
     requeued: int = 0
     items: int = 0
     busy_seconds: float = 0.0
+    available_seconds: float = 0.0  # summed over workers: from "models loaded" to the end (or its death)
     wall_seconds: float = 0.0
     workers: int = 0
     interrupted: bool = False
@@ -117,7 +119,8 @@ class DriverResult:
 
     @property
     def busy_fraction(self) -> float:
-        return self.busy_seconds / (self.workers * self.wall_seconds) if self.wall_seconds else 0.0
+        """Share of the workers' ready time spent running trial stages."""
+        return self.busy_seconds / self.available_seconds if self.available_seconds else 0.0
 
 
 class Driver:
@@ -185,6 +188,8 @@ class Driver:
 
         if slot.actor is not None:
             ray.kill(slot.actor, no_restart=True)
+        if slot.ready:
+            self.result.available_seconds += time.perf_counter() - slot.ready_at
         slot.actor, slot.ready = None, False
 
     # ---------------------------------------------------------------- counting
@@ -281,7 +286,7 @@ class Driver:
                 self._spawn(slot)
             return
         if kind == "setup":
-            slot.info, slot.ready = out, True
+            slot.info, slot.ready, slot.ready_at = out, True, time.perf_counter()
             return
         self._on_stage(slot, run, out)
 
@@ -296,7 +301,7 @@ class Driver:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         view = _Progress(self) if self.progress else None
-        t_first = None
+        t_first, shown = None, 0.0
         try:
             for slot in self._slots:
                 self._spawn(slot)
@@ -304,20 +309,22 @@ class Driver:
                 if self._stop >= 2:
                     self._abort()
                     break
+                finished, running = self._finished_in_study(), len(self._running())
                 if self._stop == 0:
+                    busy = {id(s) for _, s, _ in self._pending.values()}
                     for slot in self._slots:
-                        busy = any(s is slot for k, s, _ in self._pending.values())
-                        want = self._finished_in_study() + len(self._running()) < self.n_trials
-                        if slot.ready and not busy and want:
+                        if slot.ready and id(slot) not in busy and finished + running < self.n_trials:
                             self._start_trial(slot)
+                            running += 1
                             t_first = t_first or time.perf_counter()
-                if not self._running() and (self._stop or self._finished_in_study() >= self.n_trials):
+                if not running and (self._stop or finished >= self.n_trials):
                     break
                 ready, _ = ray.wait(list(self._pending), num_returns=1, timeout=self.poll_seconds)
                 for ref in ready:
                     self._handle(ref)
-                if view:
+                if view and time.perf_counter() - shown > 0.5:
                     view.update()
+                    shown = time.perf_counter()
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
