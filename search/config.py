@@ -29,6 +29,7 @@ from objectives.errors import UserError
 from objectives.schema import Strict, load_yaml, validate
 from search.dpo import DPOStageConfig
 from search.space import Choice, Range, SpaceConfig, method_parameters
+from search.study import SearchConfig
 
 __all__ = ["RunConfig", "WorldConfig", "load_run_config", "save_run_config", "seed_recipe", "ensure_world",
            "resolve_device", "SEED_DENSITY", "SEED_WEIGHTS"]
@@ -58,6 +59,7 @@ class RunConfig(Strict):
     # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
     recipes: list[Union[str, dict[str, Any]]] | None = None
     dpo: DPOStageConfig = DPOStageConfig()  # the DPO stage (search.dpo): `merge-search dpo CONFIG`
+    search: SearchConfig = SearchConfig()  # the search (search.study): `merge-search search CONFIG`
 
 
 def resolve_device(device: str) -> str:
