@@ -1,0 +1,76 @@
+"""MT-Bench on the demo world with the offline stand-in judge: base, one expert and a merge (a recipe merged
+in memory), then the comparison table and chart. Plus generation contracts (turn 2 sees turn 1, per-category
+temperatures, stop at ``<|im_end|>``)."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from objectives.mtbench.config import MTBenchConfig
+from objectives.mtbench.generate import LocalChatModel, generate_answers
+from objectives.mtbench.questions import load_questions
+from objectives.mtbench.scores import STANDIN_LABEL
+from search.cli import main
+
+
+class Recorder:
+    """A chat model that records what it was asked and answers with a counter."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+        self.calls.append((conversations, temperatures, max_new_tokens))
+        return [f"A{len(self.calls)}-{i}" for i in range(len(conversations))]
+
+
+def test_second_turn_sees_first_answer_and_category_temperatures(world):
+    qs = load_questions(world.mtbench_questions)
+    rec = Recorder()
+    answers = generate_answers(rec, qs, MTBenchConfig(max_new_tokens=33, system_prompt="SYS"))
+    (first, t1, n1), (second, t2, _) = rec.calls
+    assert n1 == 33 and t1 == t2
+    assert dict(zip([q.category for q in qs], t1)) == {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0,
+                                                        "coding": 0.0, "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
+    q0 = qs[0]
+    assert second[0] == [{"role": "system", "content": "SYS"}, {"role": "user", "content": q0.turns[0]},
+                         {"role": "assistant", "content": "A1-0"}, {"role": "user", "content": q0.turns[1]}]
+    assert answers[q0.question_id] == ["A1-0", "A2-0"]
+
+
+def test_local_model_stops_at_im_end(world):
+    model = LocalChatModel.from_pretrained(world.base, batch_size=4)
+    assert model.tok.convert_tokens_to_ids("<|im_end|>") in model.eos
+    convs = [[{"role": "user", "content": "Schreibe einen Satz über die Katze."}],
+             [{"role": "user", "content": "Was ist zwei plus drei?"}]]
+    out = model.reply_all(convs, [0.0, 0.0], max_new_tokens=150)
+    # the demo model answers one short sentence and then emits <|im_end|>: far fewer than 150 characters
+    assert all(0 < len(a) < 100 and "<|im_" not in a and "assistant" not in a for a in out)
+
+
+def test_demo_world_base_expert_merge_and_compare(world, tmp_path, capsys):
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "merge_method": "dare_ties", "base_model": str(world.base), "dtype": "float32",
+        "models": [{"model": str(world.experts[s]), "parameters": {"density": 0.7, "weight": 0.5}}
+                   for s in ("zahlen", "artikel")],
+    }))
+    runs = {"base": world.base, "zahlen": world.experts["zahlen"], "merge": recipe}
+    for name, source in runs.items():
+        rc = main(["mtbench", "run", "--model", str(source), "--name", name, "--questions", str(world.mtbench_questions),
+                   "--limit", "4", "--max-new-tokens", "24", "--out", str(tmp_path / name), "--json"])
+        assert rc == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["label"] == STANDIN_LABEL
+        replies = json.loads((tmp_path / name / "judge-replies.json").read_text())
+        assert len(replies) == 8 and all(STANDIN_LABEL in r["judge_reply"] for r in replies)
+        assert json.loads((tmp_path / name / "scores.json").read_text()) == printed
+    out = tmp_path / "cmp" / "table"
+    rc = main(["mtbench", "compare", *(str(tmp_path / n / "scores.json") for n in runs), "--out", str(out)])
+    assert rc == 0
+    table = (out.with_suffix(".md")).read_text()
+    assert table.strip() in capsys.readouterr().out
+    assert "| base | zahlen | Δ% vs base | merge | Δ% vs base |" in table and STANDIN_LABEL in table
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
