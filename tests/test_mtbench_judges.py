@@ -196,3 +196,11 @@ def test_mtbench_run_end_to_end_with_http_judge(world, judge_server, tmp_path, m
     assert all(KEY not in p.read_text() for p in out.iterdir())
     qs = load_questions(world.mtbench_questions, 3)
     assert set(scores["categories"]) == {q.category for q in qs}
+
+
+def test_local_hf_judge_replies_in_order(world):
+    judge = make_judge(JudgeConfig(backend="hf", model=str(world.base), max_new_tokens=8, batch_size=2))
+    q = load_questions(world.mtbench_questions)[0]
+    replies = judge_answers(judge, (q,), {q.question_id: ["Der Hund spielt.", "Der Hund lacht."]}, builtin_prompts("de"))
+    assert [(r["question_id"], r["turn_number"]) for r in replies] == [(q.question_id, 0), (q.question_id, 1)]
+    assert all(isinstance(r["judge_reply"], str) for r in replies)
