@@ -208,7 +208,8 @@ class Driver:
             trial.set_user_attr(ATTR_ATTEMPT, 0)
         trial.set_user_attr(ATTR_SEED, seed)
         params = self.suggest(trial)
-        trial.set_user_attr("worker", f"w{slot.index}@{slot.info.get('node')}:{slot.info.get('pid')}")
+        trial.set_user_attr("worker", f"w{slot.index}:{slot.info.get('pid')}")
+        trial.set_user_attr("node", f"{slot.info.get('node')}/{slot.info.get('node_id')}")
         if self.describe is not None:
             self._record_recipe(trial, params)
         stages = int(slot.info.get("stages", 1))

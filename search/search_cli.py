@@ -91,7 +91,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from search.driver import Driver, MergeEvalWorker, init_ray
     from search.study import enqueue_warm_start, fail_orphans, open_study
 
+    from search.config import ensure_world
+
     cfg = _load_config(args.config)
+    ensure_world(cfg, quiet=True)
     override = {k: v for k, v in (("n_trials", args.n_trials), ("workers", args.workers)) if v is not None}
     for key, value in override.items():
         if value < 1:
@@ -236,7 +239,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if out.suffix not in (".yaml", ".yml"):
         raise UserError(f"--out must end in .yaml or .yml, but got {str(out)!r}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(recipe, encoding="utf-8")
+    out.write_text(recipe if recipe.endswith("\n") else recipe + "\n", encoding="utf-8")
     ua = trial.user_attrs
     seed = ua.get("seed")
     device = ua.get("merge_device", "cpu")
