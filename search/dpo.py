@@ -35,7 +35,7 @@ from objectives.schema import Strict
 from search import prefdata
 
 __all__ = ["DPOStageConfig", "DataSection", "LoraSection", "QuantSection", "TrainSection", "Runtime",
-           "resolve_runtime", "load_base", "load_data", "train", "save_outputs", "run_dpo", "PrefData"]
+           "resolve_runtime", "require_data", "load_base", "load_data", "train", "save_outputs", "run_dpo", "PrefData"]
 
 
 class DataSection(Strict):
@@ -196,11 +196,16 @@ def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[lis
                    "bad_rows": {k: list(v) for k, v in bad.reasons.items()}}
 
 
-def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:
-    """Train and held-out pairs in trl's conversational layout; a report of sources and bad rows."""
+def require_data(cfg: DPOStageConfig) -> None:
+    """Fail early (before any merge or model load) when no training data is configured."""
     if not cfg.data.train:
         raise UserError("dpo.data.train is not set: give a .json/.jsonl/.parquet file or a Hugging Face dataset id "
                         "with system/question/chosen/rejected or prompt/chosen/rejected columns")
+
+
+def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:
+    """Train and held-out pairs in trl's conversational layout; a report of sources and bad rows."""
+    require_data(cfg)
     train, train_rep = _pairs(cfg.data.train, cfg.data.split, tokenizer, cfg)
     if cfg.data.heldout:
         heldout, held_rep = _pairs(cfg.data.heldout, cfg.data.heldout_split, tokenizer, cfg)

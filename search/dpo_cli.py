@@ -20,16 +20,14 @@ def load_dpo_config(path: str | Path):
     from objectives.schema import load_yaml, validate
     from search.dpo import DPOStageConfig
 
+    from search.config import load_run_config
+
     data = load_yaml(path)
-    if not isinstance(data, dict) or "dpo" not in data:
-        raise UserError(f"{path}: no `dpo:` section: a DPO config is a YAML mapping with a `dpo:` section "
-                        "(see configs/dpo-demo.yaml)")
+    if not isinstance(data, dict) or not ({"dpo", "name", "space"} & set(data)):
+        raise UserError(f"{path}: not a run config: give a YAML mapping with a `dpo:` section "
+                        "(see configs/dpo-demo.yaml) or a whole run config (name, space, objective, dpo)")
     if set(data) == {"dpo"}:
         return validate(DPOStageConfig, data["dpo"] or {}, f"{path} (dpo)"), 0
-    from search.config import RunConfig, load_run_config
-
-    if "dpo" not in RunConfig.model_fields:  # run config without a dpo field yet: read our section alone
-        return validate(DPOStageConfig, data["dpo"] or {}, f"{path} (dpo)"), int(data.get("seed", 0) or 0)
     run = load_run_config(path, resolve=False)
     cfg = run.dpo
     if cfg.device == "auto" and run.device != "auto":
@@ -57,9 +55,10 @@ def _base_from_recipe(args: argparse.Namespace, out: Path, seed: int) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from search.dpo import run_dpo
+    from search.dpo import require_data, run_dpo
 
     cfg, run_seed = load_dpo_config(args.config)
+    require_data(cfg)
     out = Path(args.out or cfg.output_dir)
     if (out / "metrics.json").exists():
         raise UserError(f"--out {str(out)!r} already holds a DPO run (metrics.json): give a new folder")

@@ -104,3 +104,24 @@ def test_cpu_defaults_are_seed_settings_without_4bit():
         (5e-6, 3.0, 8, 4, 0.1, ("q_proj", "v_proj"), "nf4")
     rt = resolve_runtime(validate(DPOStageConfig, {"device": "cpu"}, "t"))
     assert (rt.device, rt.quantized, rt.precision) == ("cpu", False, "fp32")
+
+
+def test_cli_errors_exit_2(tmp_path, world, capsys, monkeypatch):
+    from pathlib import Path
+
+    from search.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # run-config paths are relative to the repo root
+
+    assert main(["dpo", "configs/demo.yaml", "--model", str(world.base), "--out", str(tmp_path / "a")]) == 2
+    assert "dpo.data.train is not set" in capsys.readouterr().err  # a run config without a dpo section
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(f"dpo:\n  data: {{train: {world.preferences['train']}}}\n", encoding="utf-8")
+    assert main(["dpo", str(cfg), "--out", str(tmp_path / "b")]) == 2
+    assert "no DPO base model" in capsys.readouterr().err
+    # --recipe re-merges (hash-checked) before training; a wrong expected hash stops the stage
+    assert main(["dpo", str(cfg), "--recipe", "configs/recipes/demo-hand.yaml", "--weights-sha256", "0" * 64,
+                 "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "re-merged (seed 0, cpu) to weights_sha256" in err and "0" * 64 in err
+    assert (tmp_path / "c" / "base" / "merge.json").is_file()
