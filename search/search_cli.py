@@ -250,13 +250,15 @@ def cmd_export(args: argparse.Namespace) -> int:
         "seed": seed,
         "weights_sha256": ua.get("weights_sha256"),
         "merge_device": device,
+        "merge_threads": ua.get("merge_threads"),
         "value": trial.values if trial.values is None or len(trial.values) > 1 else trial.values[0],
         "scores": ua.get("scores"),
         "stderr": ua.get("stderr"),
         "items_evaluated": ua.get("items_evaluated"),
         "params": trial.params,
         "versions": _versions(),
-        "reproduce": f"mergekit-yaml {out.name} OUT --random-seed {seed}"
+        "reproduce": (f"OMP_NUM_THREADS={ua['merge_threads']} " if ua.get("merge_threads") and device == "cpu"
+                      else "") + f"mergekit-yaml {out.name} OUT --random-seed {seed}"
                      + (" --cuda" if str(device).startswith("cuda") else ""),
     }
     side = out.with_suffix(".json")

@@ -1,0 +1,257 @@
+"""The search on the demo world: a two-node Ray cluster, killed workers and drivers, pruning, export.
+
+One two-node Ray cluster (``ray start --head`` + ``ray start --address``, 1 CPU each, separate processes) is
+shared by the module; every search joins it with ``--address``. It is stopped (by process group) at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_args() -> list[str]:
+    return ["--block", "--num-cpus=1", "--disable-usage-stats",
+            *(f"--{opt}={_free_port()}" for opt in (
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                "metrics-export-port", "node-manager-port", "object-manager-port"))]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A two-node Ray cluster on this machine; yields its address."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("ray")
+    port = _free_port()
+    logs = [open(tmp / "head.log", "w"), open(tmp / "node.log", "w")]
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", f"--port={port}", "--include-dashboard=false",
+         f"--dashboard-port={_free_port()}", f"--temp-dir={tmp / 't'}", *_node_args()],
+        env=ENV, start_new_session=True, stdout=logs[0], stderr=subprocess.STDOUT)
+    procs = [head]
+    try:
+        address = None
+        for _ in range(120):
+            text = (tmp / "head.log").read_text()
+            if "Ray runtime started" in text:
+                address = next(ln.split("--address='")[1].split("'")[0] for ln in text.splitlines()
+                               if "--address='" in ln)
+                break
+            assert head.poll() is None, text
+            time.sleep(0.5)
+        assert address, (tmp / "head.log").read_text()
+        procs.append(subprocess.Popen([BIN / "ray", "start", f"--address={address}", *_node_args()], env=ENV,
+                                      start_new_session=True, stdout=logs[1], stderr=subprocess.STDOUT))
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        if ray.is_initialized():
+            ray.shutdown()
+        ray.init(address=address, log_to_driver=False)
+        for _ in range(120):
+            if sum(n["Alive"] for n in ray.nodes()) == 2:
+                break
+            time.sleep(0.5)
+        assert sum(n["Alive"] for n in ray.nodes()) == 2
+        yield address
+    finally:
+        ray.shutdown()
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+        for p in reversed(procs):
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for f in logs:
+            f.close()
+
+
+def write_config(world, path: Path, name: str = "t", **search) -> Path:
+    """A demo-world run config (absolute paths) with small fidelity stages: 20 then 40 items per task."""
+    data = {
+        "name": name,
+        "seed": 0,
+        "device": "cpu",
+        "space": {"base_model": str(world.base),
+                  "models": [{"model": str(p), "name": s} for s, p in world.experts.items()],
+                  "merge_method": "dare_ties", "parameters": {"int8_mask": True}, "dtype": "float32"},
+        "objective": {"include_paths": [str(world.include_path)], "include_defaults": False,
+                      "tasks": [{"name": t, "subset": 40} for t in world.tasks["search"].values()],
+                      "stages": [20, "all"], "batch_size": 32},
+        "search": {"workers": 2, "n_trials": 4, "pruner": "none", "n_startup_trials": 2, **search},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "merge-search"), *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def load(run: Path) -> optuna.Study:
+    return optuna.load_study(study_name="t", storage=f"sqlite:///{run / 'study.db'}")
+
+
+@pytest.fixture(scope="module")
+def two_worker_run(world, cluster, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    cfg = write_config(world, tmp / "cfg.yaml")
+    cli("search", str(cfg), "--out", str(tmp / "run"), "--address", cluster, "--no-progress")
+    return tmp / "run"
+
+
+def test_two_workers_on_two_nodes_record_everything(two_worker_run):
+    study = load(two_worker_run)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 4 and len(study.trials) == 4
+    assert len({t.user_attrs["node"] for t in done}) == 2  # one actor on each node of the cluster
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in done)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:]))  # trials overlapped in time
+    warm = [t for t in done if "warm_start" in t.user_attrs]
+    assert len(warm) == 1 and warm[0].params["zahlen.density"] == 0.6
+    for t in done:
+        ua = t.user_attrs
+        assert set(ua["scores"]) == set(ua["stderr"]) and len(ua["scores"]) == 3
+        assert ua["items_evaluated"] == 3 * 40 and t.intermediate_values == {60: pytest.approx(
+            t.intermediate_values[60])}
+        assert ua["merge_seconds"] > 0 and ua["eval_seconds"] > 0 and len(ua["weights_sha256"]) == 64
+        assert isinstance(ua["seed"], int) and "dare_ties" in ua["recipe"]
+        art = two_worker_run / "artifacts" / ua["recipe_artifact_id"]
+        assert art.read_text() == ua["recipe"]
+
+
+def test_export_is_reproduced_by_stock_mergekit(two_worker_run, tmp_path):
+    import json
+
+    from search.hashing import hash_model_dir
+
+    out = tmp_path / "best.yaml"
+    cli("export", str(two_worker_run), "--trial", "best", "--out", str(out))
+    side = json.loads(out.with_suffix(".json").read_text())
+    study = load(two_worker_run)
+    assert side["trial"] == study.best_trial.number and side["value"] == study.best_value
+    assert set(side["versions"]) >= {"mergekit", "torch", "transformers"}
+    merged = tmp_path / "merged"
+    assert side["reproduce"].startswith(f"OMP_NUM_THREADS={side['merge_threads']} mergekit-yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": str(side["merge_threads"])}  # CPU reductions depend on it
+    proc = subprocess.run([str(BIN / "mergekit-yaml"), str(out), str(merged), "--random-seed", str(side["seed"])],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert hash_model_dir(merged) == side["weights_sha256"]
+
+
+def test_killed_worker_fails_trial_and_search_completes(world, cluster, tmp_path):
+    from search.config import load_run_config
+    from search.driver import Driver, MergeEvalWorker
+    from search.search_cli import _suggest
+    from search.study import open_study
+
+    cfg = load_run_config(write_config(world, tmp_path / "cfg.yaml", n_trials=3))
+    study = open_study(cfg.search, name="t", run_dir=tmp_path / "run", seed=0)
+    killed = []
+
+    def kill_mid_trial(number, stage, info):
+        if number == 1 and stage == 1 and not killed:
+            killed.append(info["pid"])
+            os.kill(info["pid"], signal.SIGKILL)
+
+    driver = Driver(study, worker_factory=functools.partial(MergeEvalWorker, cfg),
+                    suggest=functools.partial(_suggest, cfg.space), n_trials=3, workers=2, max_retries=1,
+                    on_submit=kill_mid_trial, progress=False)
+    res = driver.run()
+    assert killed and res.failed == 1 and res.requeued == 1
+    t1 = study.trials[1]
+    assert t1.state == TrialState.FAIL and "worker died" in t1.user_attrs["fail_reason"]
+    retry = [t for t in study.trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == t1.params
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
+
+
+def test_pruning_lowers_items_evaluated(world, cluster, tmp_path):
+    from search.config import load_run_config
+    from search.driver import Driver, MergeEvalWorker
+    from search.search_cli import _suggest
+    from search.study import open_study
+
+    results = {}
+    for pruner in ("none", "successive_halving"):
+        cfg = load_run_config(write_config(world, tmp_path / pruner / "cfg.yaml", n_trials=6, pruner=pruner,
+                                           min_resource=1, reduction_factor=2))
+        study = open_study(cfg.search, name="t", run_dir=tmp_path / pruner, seed=0)
+        driver = Driver(study, worker_factory=functools.partial(MergeEvalWorker, cfg),
+                        suggest=functools.partial(_suggest, cfg.space), n_trials=6, workers=2, progress=False)
+        results[pruner] = (driver.run(), study)
+    (nop, _), (sha, study) = results["none"], results["successive_halving"]
+    assert nop.items == 6 * 3 * 40 and nop.pruned == 0
+    assert sha.pruned >= 1 and sha.items < nop.items
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert all(t.user_attrs["items_evaluated"] == 3 * 20 for t in pruned)
+
+
+def test_killed_driver_resumes(world, cluster, tmp_path):
+    cfg = write_config(world, tmp_path / "cfg.yaml", n_trials=5, max_retries=1)
+    run = tmp_path / "run"
+    cmd = [str(BIN / "merge-search"), "search", str(cfg), "--out", str(run), "--address", cluster, "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            time.sleep(0.5)
+            if not (run / "study.db").exists():
+                continue
+            try:
+                trials = load(run).get_trials()
+            except Exception:  # the study is being created
+                continue
+            states = [t.state for t in trials]
+            if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                break
+        else:
+            pytest.fail("the search never had a complete and a running trial at once")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before = load(run).get_trials()
+    orphans = [t.number for t in before if t.state == TrialState.RUNNING]
+    assert orphans
+    out = cli("search", str(cfg), "--out", str(run), "--address", cluster, "--no-progress")
+    assert "resuming" in out.stderr
+    study = load(run)
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 5  # --n-trials counts finished trials
+    for n in orphans:
+        assert trials[n].state == TrialState.FAIL and "orphaned" in trials[n].user_attrs["fail_reason"]
+        assert [t for t in trials if t.user_attrs.get("retry_of") == n and t.params == trials[n].params]
+    assert sum("warm_start" in t.user_attrs for t in trials) == 1  # the hand recipe was enqueued once
+    for t in before:
+        if t.state == TrialState.COMPLETE:
+            assert trials[t.number].state == TrialState.COMPLETE and trials[t.number].value == t.value
