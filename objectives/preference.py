@@ -23,7 +23,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["preference_scores", "sequence_logps", "PreferenceScore"]
+__all__ = ["PreferenceScore", "encode_pair", "preference_scores", "sequence_logps"]
 
 PreferenceScore = dict[str, float | int]  # {"pref_accuracy": float, "reward_margin": float, "n": int}
 

@@ -34,8 +34,22 @@ from objectives.preference import preference_scores
 from objectives.schema import Strict
 from search import prefdata
 
-__all__ = ["DPOStageConfig", "DataSection", "LoraSection", "QuantSection", "TrainSection", "Runtime",
-           "resolve_runtime", "require_data", "load_base", "load_data", "train", "save_outputs", "run_dpo", "PrefData"]
+__all__ = [
+    "DPOStageConfig",
+    "DataSection",
+    "LoraSection",
+    "PrefData",
+    "QuantSection",
+    "Runtime",
+    "TrainSection",
+    "load_base",
+    "load_data",
+    "require_data",
+    "resolve_runtime",
+    "run_dpo",
+    "save_outputs",
+    "train",
+]
 
 
 class DataSection(Strict):

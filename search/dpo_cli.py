@@ -7,7 +7,7 @@ from pathlib import Path
 
 from objectives.errors import UserError
 
-__all__ = ["register", "load_dpo_config"]
+__all__ = ["load_dpo_config", "register"]
 
 
 def load_dpo_config(path: str | Path):
@@ -18,9 +18,8 @@ def load_dpo_config(path: str | Path):
     validated with :class:`~search.dpo.DPOStageConfig` alone. ``dpo.device: auto`` follows the run's ``device``.
     """
     from objectives.schema import load_yaml, validate
-    from search.dpo import DPOStageConfig
-
     from search.config import load_run_config
+    from search.dpo import DPOStageConfig
 
     data = load_yaml(path)
     if not isinstance(data, dict) or not ({"dpo", "name", "space"} & set(data)):

@@ -26,8 +26,16 @@ from typing import Any
 from objectives.errors import UserError
 from objectives.preference import encode_pair
 
-__all__ = ["load_rows", "normalise", "check_lengths", "split_heldout", "BadRows", "CHATML_TEMPLATE",
-           "LAYOUTS", "Pair"]
+__all__ = [
+    "CHATML_TEMPLATE",
+    "LAYOUTS",
+    "BadRows",
+    "Pair",
+    "check_lengths",
+    "load_rows",
+    "normalise",
+    "split_heldout",
+]
 
 Pair = dict[str, Any]
 
@@ -87,7 +95,7 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
             ds = datasets.load_dataset(source, split=split)
     except UserError:
         raise
-    except Exception as err:  # datasets raises many types (connection, arrow, missing split): one clear line
+    except Exception as err:  # noqa: BLE001 - datasets raises many types (connection, arrow, split)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"preference data {source!r} could not be loaded ({type(err).__name__}: {first}): "
                         "check the path/dataset id, the split and that every row has the same column types") from None
