@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "demoworld.cli",
     "search.mtbench_cli",
     "search.merge_cli",
+    "search.evaluate",
     "search.dpo_cli",
 ]
 
