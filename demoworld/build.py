@@ -156,12 +156,6 @@ def _check_out(out: Path, seed: int) -> bool:
         return True
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {str(out)!r} is a non-empty folder without world.json: choose a new or empty folder")
-    parent = out.parent if out.parent != Path("") else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--out {str(out)!r} is not writable (no write permission on {str(probe)!r}): choose a writable folder")
     return False
 
 
@@ -170,12 +164,14 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False) -> World
     out = Path(out).absolute()
     if _check_out(out, seed):
         return load_manifest(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"--out {str(out)!r}: cannot create its parent folder ({err.strerror}): choose a writable folder") from None
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise UserError(
+            f"--out {str(out)!r} is not writable ({err.strerror}): choose a folder you can write to"
+        ) from None
     try:
         _build_into(tmp, out, seed, Recipe(), quiet)
         if out.is_dir():
