@@ -29,7 +29,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.driver import Driver, SimulatedWorker, _Actor, init_ray, trial_seed  # noqa: E402
+from search.driver import Driver, SimulatedWorker, _Actor, init_ray, trial_seed
 
 
 def suggest(trial):

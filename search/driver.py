@@ -26,16 +26,17 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, requeue
 
-__all__ = ["Driver", "DriverResult", "SimulatedWorker", "MergeEvalWorker", "trial_seed", "init_ray"]
+__all__ = ["Driver", "DriverResult", "MergeEvalWorker", "SimulatedWorker", "init_ray", "trial_seed"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -427,7 +428,7 @@ class _Progress:
     def summary(self):
         from rich.table import Table
 
-        d, r = self.driver, self.driver.result
+        r = self.driver.result
         table = Table(title="search summary")
         for col in ("complete", "pruned", "failed", "re-queued", "items evaluated", "busy", "wall", "best"):
             table.add_column(col)

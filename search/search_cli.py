@@ -18,7 +18,7 @@ from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["register", "cmd_search", "cmd_dashboard", "cmd_export", "resolve_storage"]
+__all__ = ["cmd_dashboard", "cmd_export", "cmd_search", "register", "resolve_storage"]
 
 
 def register(subparsers) -> None:
@@ -88,10 +88,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     import ray
     import yaml
 
+    from search.config import ensure_world
     from search.driver import Driver, MergeEvalWorker, init_ray
     from search.study import enqueue_warm_start, fail_orphans, open_study
-
-    from search.config import ensure_world
 
     cfg = _load_config(args.config)
     ensure_world(cfg, quiet=True)

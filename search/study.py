@@ -37,19 +37,19 @@ from objectives.errors import UserError
 from objectives.schema import Strict
 
 __all__ = [
-    "SearchConfig",
-    "default_storage_url",
-    "build_sampler",
-    "build_pruner",
-    "open_study",
-    "enqueue_warm_start",
-    "fail_orphans",
-    "requeue",
     "ATTR_ATTEMPT",
+    "ATTR_FAIL_REASON",
     "ATTR_RETRY_OF",
     "ATTR_SEED",
-    "ATTR_FAIL_REASON",
     "STUDY_ATTR_WARM",
+    "SearchConfig",
+    "build_pruner",
+    "build_sampler",
+    "default_storage_url",
+    "enqueue_warm_start",
+    "fail_orphans",
+    "open_study",
+    "requeue",
 ]
 
 ATTR_ATTEMPT = "attempt"  # 0 for a fresh trial, k for the k-th retry of the same parameters

@@ -57,7 +57,7 @@ def free_port() -> int:
 
 def chromium(exe: str, url: str, tmp: Path, *extra: str) -> str:
     out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=15000",
-                          *extra, url], capture_output=True, text=True, timeout=120)
+                          *extra, url], capture_output=True, text=True, timeout=120, check=False)
     return out.stdout
 
 

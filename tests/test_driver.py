@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
@@ -51,7 +51,7 @@ def test_two_workers_run_trials_concurrently(tmp_path):
     assert res.complete == 4 and len(trials) == 4
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # two actor processes
     spans = sorted((t.user_attrs["started"], t.user_attrs["ended"]) for t in trials)
-    overlaps = sum(1 for (s0, e0), (s1, e1) in zip(spans, spans[1:]) if s1 < e0)
+    overlaps = sum(1 for (s0, e0), (s1, e1) in itertools.pairwise(spans) if s1 < e0)
     assert overlaps >= 2  # trials ran side by side, not one after the other
     assert all(isinstance(t.user_attrs["seed"], int) for t in trials)
 
