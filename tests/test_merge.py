@@ -158,3 +158,32 @@ def test_merge_command_exports_what_stock_mergekit_writes(world, tmp_path, capsy
     assert stock_hash(rec, tmp_path / "stock", 42) == meta["weights_sha256"]
     assert main(["hash", str(tmp_path / "missing")]) == 2
     assert merge_to_dir(path, tmp_path / "again", seed=42)["weights_sha256"] == meta["weights_sha256"]
+
+
+@pytest.mark.slow
+def test_world_is_worth_searching(world, merger):
+    """On the demo world's test split a searched DARE-TIES setting beats every single expert and the hand
+    recipe, and a poor setting scores clearly lower: there is something for the search to find."""
+    from transformers import AutoModelForCausalLM
+
+    from objectives.lmeval import evaluate_tasks
+
+    tasks = list(world.tasks["test"].values())
+    samples = {t: list(range(100)) for t in tasks}  # half of each test task keeps this test short
+
+    def avg(model, tok) -> float:
+        res = evaluate_tasks(model, tok, tasks, include_path=world.include_path, samples=samples, batch_size=64)
+        return sum(r["score"] for r in res.values()) / len(tasks)
+
+    experts = {}
+    for skill, path in world.experts.items():
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        experts[skill] = avg(model, merger.tokenizer)
+    scores = {}
+    for label, density, weight in [("good", (0.7,) * 3, (0.7,) * 3), ("hand", (0.6,) * 3, (0.3, 0.3, 0.4)),
+                                   ("poor", (0.1,) * 3, (0.1,) * 3)]:
+        res = merger.merge(recipe(world, density=density, weight=weight, int8_mask=True), seed=0)
+        scores[label] = avg(res.model, res.tokenizer)
+    assert scores["good"] > max(experts.values()), (scores, experts)
+    assert scores["good"] > scores["hand"], (scores, experts)
+    assert scores["poor"] < min(experts.values()) and scores["good"] - scores["poor"] > 0.2, (scores, experts)
