@@ -1,0 +1,52 @@
+"""Items/s of objective scoring at batch size 1 vs the configured batch size, on the demo world (CPU).
+
+    .venv/bin/python bench/eval_bench.py [--config configs/demo.yaml] [--items 100]
+
+Both runs score the same resident model on the same fixed documents (the first ``--items`` of each task's
+search subset), one after the other in this process; goal: configured batch >= 4x the items/s of batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def main() -> None:
+    from objectives.objective import Objective
+    from search.config import ensure_world, load_run_config
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--items", type=int, default=100, help="documents per task")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating timed runs per batch size (best kept)")
+    args = ap.parse_args()
+    cfg = load_run_config(args.config)
+    ensure_world(cfg, quiet=True)
+    model = AutoModelForCausalLM.from_pretrained(cfg.space.base_model, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(cfg.space.base_model)
+    sizes = (1, cfg.objective.batch_size)
+    objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "stages": [args.items]}))
+            for bs in sizes}
+    for bs in sizes:
+        objs[bs].score(model, tok, stage=0)  # warm-up (tokenizer caches, first-call allocations)
+    best: dict[int, float] = {}
+    for _ in range(args.repeats):  # alternate, so load from other processes hits both sizes alike
+        for bs in sizes:
+            t0 = time.perf_counter()
+            res = objs[bs].score(model, tok, stage=0)
+            best[bs] = min(best.get(bs, float("inf")), time.perf_counter() - t0)
+    figures = {}
+    for bs in sizes:
+        figures[bs] = res.items / best[bs]
+        print(f"batch {bs:>3}: {res.items} items, best of {args.repeats}: {best[bs]:6.2f} s = "
+              f"{figures[bs]:7.1f} items/s", flush=True)
+    ratio = figures[cfg.objective.batch_size] / figures[1]
+    print(f"speed-up batch {cfg.objective.batch_size} vs 1: {ratio:.1f}x (goal >= 4x)")
+
+
+if __name__ == "__main__":
+    main()
