@@ -21,16 +21,16 @@ or from a separate task (``test_task``; ``heldout`` then counts its documents, d
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import pydantic
 from pydantic import Field
 
 from objectives.schema import Strict
 
-__all__ = ["TaskSpec", "ScoreSpec", "SecondaryObjective", "Constraint", "ObjectiveConfig", "Size"]
+__all__ = ["Constraint", "ObjectiveConfig", "ScoreSpec", "SecondaryObjective", "Size", "TaskSpec"]
 
-Size = Union[int, Literal["all"]]
+Size = int | Literal["all"]
 
 
 class TaskSpec(Strict):
@@ -61,7 +61,7 @@ class TaskSpec(Strict):
         return v
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> "TaskSpec":
+    def _check(self) -> TaskSpec:
         if self.test_task == self.name:
             raise ValueError(f"test_task must differ from name ({self.name!r}): use `heldout: N` for a "
                              "held-out subset of the same task")
@@ -85,7 +85,7 @@ class ScoreSpec(Strict):
     reference: dict[str, float] | None = None
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> "ScoreSpec":
+    def _check(self) -> ScoreSpec:
         names = [t.name for t in self.tasks]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -113,7 +113,7 @@ class Constraint(Strict):
     max: float | None = None
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> "Constraint":
+    def _check(self) -> Constraint:
         if self.min is None and self.max is None:
             raise ValueError(f"constraint on {self.objective!r} needs `min` and/or `max`")
         if self.min is not None and self.max is not None and not self.min <= self.max:
@@ -139,7 +139,7 @@ class ObjectiveConfig(ScoreSpec):
     constraints: list[Constraint] = []
 
     @pydantic.model_validator(mode="after")
-    def _check_objective(self) -> "ObjectiveConfig":
+    def _check_objective(self) -> ObjectiveConfig:
         problems = []
         ints = [s for s in self.stages if s != "all"]
         if any(s < 1 for s in ints):

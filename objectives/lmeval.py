@@ -18,8 +18,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["evaluate_tasks", "TaskScore", "make_lm", "run_tasks", "doc_values", "mean_and_stderr",
-           "task_manager"]
+__all__ = [
+    "TaskScore",
+    "doc_values",
+    "evaluate_tasks",
+    "make_lm",
+    "mean_and_stderr",
+    "run_tasks",
+    "task_manager",
+]
 
 TaskScore = dict[str, Any]  # {"score": float, "stderr": float | None, "n": int, "metric": str}
 

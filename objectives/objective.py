@@ -20,14 +20,15 @@ from __future__ import annotations
 import difflib
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 from objectives.config import ObjectiveConfig, ScoreSpec, Size, TaskSpec
 from objectives.errors import UserError
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
 
-__all__ = ["Objective", "StageResult", "Subset", "check_config", "produced_metrics", "aggregate"]
+__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "produced_metrics"]
 
 Split = Literal["search", "test"]
 
@@ -109,8 +110,8 @@ def _check_task(tm, name: str, where: str, metric: str | None) -> list[str]:
                 + (f" (e.g. {', '.join(subs)})" if subs else "")]
     produced = produced_metrics(entry.cfg or {}) if metric else None
     if produced is not None and metric not in produced:
-        return [f"{where}.metric: task {name!r} does not produce {metric!r}; it produces "
-                f"{', '.join(sorted(produced))}"]
+        return [(f"{where}.metric: task {name!r} does not produce {metric!r}; it produces "
+                 f"{', '.join(sorted(produced))}")]
     return []
 
 
@@ -139,7 +140,7 @@ def _load_task(tm, name: str, where: str):
     """``(Task, None)`` or ``(None, problem)``; the dataset is read here (from the local cache when offline)."""
     try:
         return tm.load([name])["tasks"][name], None
-    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+    except Exception as err:  # noqa: BLE001 - datasets raises many types (ConnectionError, FileNotFoundError, ...)
         entry = tm.task_index.get(name)
         cfg = (entry.cfg or {}) if entry else {}
         ds = cfg.get("dataset_path", "?") + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")

@@ -19,20 +19,31 @@ resolved config, which loads back to the same object.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import pydantic
 import yaml
 
 from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
+from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import Strict, load_yaml, validate
 from search.dpo import DPOStageConfig
 from search.space import Choice, Range, SpaceConfig, method_parameters
 from search.study import SearchConfig
 
-__all__ = ["RunConfig", "WorldConfig", "load_run_config", "save_run_config", "seed_recipe", "ensure_world",
-           "resolve_device", "SEED_DENSITY", "SEED_WEIGHTS"]
+__all__ = [
+    "SEED_DENSITY",
+    "SEED_WEIGHTS",
+    "PipelineConfig",
+    "RunConfig",
+    "WorldConfig",
+    "ensure_world",
+    "load_run_config",
+    "resolve_device",
+    "save_run_config",
+    "seed_recipe",
+]
 
 # The seed recipe: DARE-TIES with density 0.6 for every model and weights 0.3 / 0.3 / 0.4 (three models;
 # other counts get equal weights).
@@ -47,6 +58,13 @@ class WorldConfig(Strict):
     seed: int = 0
 
 
+class PipelineConfig(Strict):
+    """The ``pipeline:`` section: how ``merge-search run`` links the stages."""
+
+    top_k: int = pydantic.Field(3, ge=1)  # trials re-evaluated on the held-out split (the winner among them)
+    mtbench_sources: bool = True  # also run MT-Bench on the source models (base + candidates)
+
+
 class RunConfig(Strict):
     """A whole run: search space, objective, hand recipes and run-wide settings."""
 
@@ -57,9 +75,11 @@ class RunConfig(Strict):
     space: SpaceConfig
     objective: ObjectiveConfig
     # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
-    recipes: list[Union[str, dict[str, Any]]] | None = None
+    recipes: list[str | dict[str, Any]] | None = None
     dpo: DPOStageConfig = DPOStageConfig()  # the DPO stage (search.dpo): `merge-search dpo CONFIG`
     search: SearchConfig = SearchConfig()  # the search (search.study): `merge-search search CONFIG`
+    mtbench: MTBenchConfig = MTBenchConfig()  # MT-Bench-de (objectives.mtbench): `merge-search mtbench run`
+    pipeline: PipelineConfig = PipelineConfig()  # `merge-search run CONFIG`: all stages in order
 
 
 def resolve_device(device: str) -> str:

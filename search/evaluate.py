@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["register", "Candidate", "evaluate_candidates", "top_trials", "format_table", "run_evaluate"]
+__all__ = ["Candidate", "evaluate_candidates", "format_table", "register", "run_evaluate", "top_trials"]
 
 
 @dataclass
