@@ -10,14 +10,14 @@ candidate with ``merge-search hash DIR``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
 from objectives.errors import UserError
 
-__all__ = ["weights_sha256", "hash_model_dir", "tensor_bytes"]
+__all__ = ["hash_model_dir", "tensor_bytes", "weights_sha256"]
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

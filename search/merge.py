@@ -17,17 +17,25 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from objectives.errors import UserError
 from search.hashing import hash_model_dir, weights_sha256
 
-__all__ = ["ResidentMerger", "MergeResult", "MergeError", "merge_to_dir", "load_recipe", "plan_merge_tasks",
-           "reseed"]
+__all__ = [
+    "MergeError",
+    "MergeResult",
+    "ResidentMerger",
+    "load_recipe",
+    "merge_to_dir",
+    "plan_merge_tasks",
+    "reseed",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -156,7 +164,7 @@ class ResidentMerger:
         ).to(device).eval().requires_grad_(False)
 
     @classmethod
-    def from_space(cls, space, *, device: str = "cpu") -> "ResidentMerger":
+    def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
         """A merger for every model of a :class:`search.space.SpaceConfig`."""
         return cls(space.base_model, [m.model for m in space.models], device=device,
                    dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source)
@@ -226,7 +234,8 @@ class ResidentMerger:
                                  f"resident model has {tuple(dest.shape)} {dest.dtype}")
             dest.copy_(value)
             written.add(weight.name)
-        missing = sorted(set(targets) - written)
+        shared = {targets[n].data_ptr() for n in written}  # tied weights are written through their alias
+        missing = sorted(n for n in set(targets) - written if targets[n].data_ptr() not in shared)
         if missing:
             raise MergeError(f"the merge did not produce {len(missing)} tensor(s) of the model, e.g. "
                              f"{missing[0]!r}")

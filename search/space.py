@@ -23,9 +23,10 @@ one for all other tensors. Names: ``<model>.<param>[@<filter>][<i>]``.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 
@@ -33,17 +34,17 @@ from objectives.errors import UserError
 from objectives.schema import Strict
 
 __all__ = [
-    "Range",
+    "DEFAULT_RANGES",
     "Choice",
     "ModelSpace",
-    "SpaceConfig",
     "ParamSlot",
-    "suggest_params",
-    "to_merge_config",
+    "Range",
+    "SpaceConfig",
+    "method_parameters",
     "params_from_recipe",
     "recipe_yaml",
-    "method_parameters",
-    "DEFAULT_RANGES",
+    "suggest_params",
+    "to_merge_config",
 ]
 
 # Search ranges used for a per-model parameter that the method declares but the space does not mention.
@@ -59,7 +60,7 @@ class Range(Strict):
     step: float | None = None
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> "Range":
+    def _check(self) -> Range:
         if not self.low <= self.high:
             raise ValueError(f"`low <= high` must hold, but got (low={self.low}, high={self.high})")
         if self.log and self.low <= 0:
@@ -72,7 +73,7 @@ class Range(Strict):
 class Choice(Strict):
     """A searchable categorical: ``trial.suggest_categorical(name, choices)``."""
 
-    choices: list[Union[bool, float, str]] = pydantic.Field(min_length=1)
+    choices: list[bool | float | str] = pydantic.Field(min_length=1)
 
 
 def _spec_kind(v: Any) -> str:
@@ -87,8 +88,7 @@ def _spec_kind(v: Any) -> str:
 
 # A parameter value: fixed (``0.6``, ``true``) or searched (``{low: 0.1, high: 1.0}``, ``{choices: [...]}``).
 ParamSpec = Annotated[
-    Union[Annotated[bool, pydantic.Tag("bool")], Annotated[float, pydantic.Tag("float")],
-          Annotated[Range, pydantic.Tag("range")], Annotated[Choice, pydantic.Tag("choice")]],
+    Annotated[bool, pydantic.Tag("bool")] | Annotated[float, pydantic.Tag("float")] | Annotated[Range, pydantic.Tag("range")] | Annotated[Choice, pydantic.Tag("choice")],
     pydantic.Discriminator(_spec_kind),
 ]
 
@@ -99,7 +99,7 @@ class ModelSpace(Strict):
     model: str
     # Short name used in Optuna parameter names; default: the last path component of ``model``.
     name: str | None = None
-    parameters: dict[str, ParamSpec] = {}
+    parameters: dict[str, ParamSpec] = pydantic.Field(default_factory=dict)
 
     @property
     def short_name(self) -> str:
@@ -113,14 +113,14 @@ class SpaceConfig(Strict):
     models: list[ModelSpace] = pydantic.Field(min_length=1)
     merge_method: str = "dare_ties"
     # Shared (method-level) parameters: normalize, int8_mask, lambda, rescale, ...
-    parameters: dict[str, ParamSpec] = {}
+    parameters: dict[str, ParamSpec] = pydantic.Field(default_factory=dict)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     out_dtype: Literal["bfloat16", "float16", "float32"] | None = None
     tokenizer_source: str | None = None
     # Granularity: a gradient of ``layer_groups`` values per searched per-model parameter, and/or one value
     # per filter (e.g. ``self_attn``, ``mlp``) plus one for all other tensors.
     layer_groups: int | None = pydantic.Field(default=None, ge=2)
-    filters: list[str] = []
+    filters: list[str] = pydantic.Field(default_factory=list)
 
     @pydantic.field_validator("merge_method")
     @classmethod
@@ -131,7 +131,7 @@ class SpaceConfig(Strict):
         return v
 
     @pydantic.model_validator(mode="after")
-    def _check(self) -> "SpaceConfig":
+    def _check(self) -> SpaceConfig:
         shared, per_model = method_parameters(self.merge_method)
         problems = []
         for key, spec in self.parameters.items():
@@ -162,12 +162,12 @@ class SpaceConfig(Strict):
         return self
 
     @cached_property
-    def slots(self) -> list["ParamSlot"]:
+    def slots(self) -> list[ParamSlot]:
         """Every parameter value of the space, in a stable order (shared first, then per model)."""
         return list(_iter_slots(self))
 
     @property
-    def searched(self) -> list["ParamSlot"]:
+    def searched(self) -> list[ParamSlot]:
         """The slots Optuna samples (their names are the keys of :func:`suggest_params`'s dict)."""
         return [s for s in self.slots if not s.fixed]
 

@@ -64,10 +64,10 @@ def test_plan_in_memory_workaround_still_needed(world):
 
 
 @pytest.mark.parametrize("name, rec, seed", [
-    ("dare_ties d<1 bf16 int8_mask", dict(dtype="bfloat16", int8_mask=True), 0),
-    ("dare_ties d=1 mixed", dict(density=(1.0, 0.5, 1.0), weight=(0.7, 0.6, 0.5)), 11),
-    ("ties", dict(method="ties", density=(0.5, 0.7, 0.9)), 3),
-    ("task_arithmetic", dict(method="task_arithmetic", weight=(0.6, 0.6, 0.6)), 5),
+    ("dare_ties d<1 bf16 int8_mask", {"dtype": "bfloat16", "int8_mask": True}, 0),
+    ("dare_ties d=1 mixed", {"density": (1.0, 0.5, 1.0), "weight": (0.7, 0.6, 0.5)}, 11),
+    ("ties", {"method": "ties", "density": (0.5, 0.7, 0.9)}, 3),
+    ("task_arithmetic", {"method": "task_arithmetic", "weight": (0.6, 0.6, 0.6)}, 5),
 ])
 def test_in_memory_merge_equals_stock_mergekit_yaml(world, merger, tmp_path, name, rec, seed):
     rec = recipe(world, **rec)

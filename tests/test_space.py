@@ -11,8 +11,7 @@ from mergekit.config import MergeConfiguration
 
 from objectives.errors import UserError
 from objectives.schema import validate
-from search.space import (SpaceConfig, params_from_recipe, recipe_yaml, suggest_params,
-                          to_merge_config)
+from search.space import SpaceConfig, params_from_recipe, recipe_yaml, suggest_params, to_merge_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 HUB = {
