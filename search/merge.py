@@ -154,8 +154,15 @@ class ResidentMerger:
         self._refs = {m: _ref(m) for m in self.models}
         cache = LoaderCache()
         cache.setup(self.options)
-        for ref in self._refs.values():
-            cache.get(ref)  # open every source once (mergekit's loader cache keeps them)
+        for m, ref in self._refs.items():
+            if (m.startswith((".", "/", "~")) or m.count("/") != 1) and not Path(m).expanduser().exists():
+                raise UserError(f"model folder {m!r} does not exist: pass an existing model folder or a hub id "
+                                "(owner/name)")
+            try:
+                cache.get(ref)  # open every source once (mergekit's loader cache keeps them)
+            except Exception as err:  # noqa: BLE001 -- hub offline, no weights, bad repo: all user input
+                raise UserError(f"cannot open model {m!r} ({type(err).__name__}: {str(err)[:200]}): pass a local "
+                                "model folder, or a hub id that is downloaded/cached") from None
         self._check_compatible()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
             tokenizer_source or self.base_model, trust_remote_code=trust_remote_code)

@@ -136,6 +136,8 @@ def test_shape_or_architecture_mismatch_is_a_user_error_before_merging(world, tm
                                                          "model_type": "llama"}))
     with pytest.raises(UserError, match="architecture"):
         ResidentMerger(str(world.base), [str(llama)])
+    with pytest.raises(UserError, match="does not exist"):
+        ResidentMerger(str(world.base), [str(tmp_path / "missing")])
 
 
 def test_merge_command_exports_what_stock_mergekit_writes(world, tmp_path, capsys):
