@@ -13,7 +13,7 @@ import sys
 
 from objectives.errors import UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 # Sub-command modules, imported lazily so ``--help`` stays fast and a broken optional stage does not
 # break the others. Order is the order shown in ``--help``.
@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "search.merge_cli",
     "search.evaluate",
     "search.dpo_cli",
+    "search.pipeline",
 ]
 
 

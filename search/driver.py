@@ -489,7 +489,6 @@ class MergeEvalWorker:
         return {"stages": len(self.config.objective.stages), "device": self.config.device}
 
     def run_stage(self, trial_number: int, params: dict, seed: int, stage: int) -> dict:
-        import torch
 
         from objectives.lmeval import make_lm
         from search.space import to_merge_config
@@ -503,7 +502,7 @@ class MergeEvalWorker:
             # CPU merges depend on torch's thread count (reduction order): record it so that an export
             # reproduces the scored weights with OMP_NUM_THREADS=<merge_threads> mergekit-yaml ...
             attrs.update(weights_sha256=merged.weights_sha256, merge_seconds=round(merged.seconds, 3),
-                         merge_device=merged.device, merge_threads=torch.get_num_threads(), eval_seconds=0.0)
+                         merge_device=merged.device, merge_threads=merged.threads, eval_seconds=0.0)
         number, merged, lm, prev = self._trial
         t0 = time.perf_counter()
         res = self.objective.score(merged.model, merged.tokenizer, stage=stage, previous=prev, lm=lm)

@@ -50,9 +50,9 @@ def _source(path: str, tokenizer: str | None, dtype: str, device: str) -> Callab
 
 
 def _merged(merger_of: Callable[[], Any], recipe: Any, seed: int, expect_sha: str | None = None,
-            label: str = "") -> Callable[[], tuple[Any, Any]]:
+            label: str = "", threads: int | None = None) -> Callable[[], tuple[Any, Any]]:
     def load():
-        res = merger_of().merge(recipe, seed, compute_hash=expect_sha is not None)
+        res = merger_of().merge(recipe, seed, compute_hash=expect_sha is not None, threads=threads)
         if expect_sha is not None and res.weights_sha256 != expect_sha:
             raise UserError(f"{label}: re-merged weights_sha256 {res.weights_sha256[:12]}... differs from the "
                             f"recorded {expect_sha[:12]}...: evaluate on the device the search used "
@@ -173,7 +173,7 @@ def run_evaluate(config_path: str, out: str | None = None, recipes: list[str] | 
                                _merged(merger_of, yaml.safe_load(t.user_attrs["recipe"])
                                        if isinstance(t.user_attrs["recipe"], str) else t.user_attrs["recipe"],
                                        int(t.user_attrs["seed"]), t.user_attrs.get("weights_sha256"),
-                                       f"trial {t.number}")))
+                                       f"trial {t.number}", t.user_attrs.get("merge_threads"))))
     report = evaluate_candidates(objective, cands, log=log)
     folder = Path(out or run or Path("results") / cfg.name)
     folder.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,7 @@ class MergeResult:
     seed: int
     device: str
     merge_config: Any  # the recipe as given (a copy; mergekit never sees this object)
+    threads: int  # torch CPU threads the merge math ran with (CPU reductions depend on it)
 
 
 def reseed(seed: int) -> None:
@@ -196,13 +197,26 @@ class ResidentMerger:
                                 f"has shape {shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) "
                                 "differ): merge only fine-tunes of the same base")
 
-    def merge(self, merge_config, seed: int, *, compute_hash: bool = True) -> MergeResult:
+    def merge(self, merge_config, seed: int, *, compute_hash: bool = True, threads: int | None = None) -> MergeResult:
         """Merge ``merge_config`` with ``seed`` into the resident model (weights updated in place).
+
+        ``threads`` pins torch's CPU thread count for the merge (restored afterwards): on CPU the order of
+        mergekit's reductions, and so the exact bits, depend on it. A re-merge of a recorded trial passes the
+        trial's ``merge_threads``; stock ``mergekit-yaml`` reproduces with ``OMP_NUM_THREADS=<threads>``.
 
         Raises :class:`MergeError` for a candidate that yields NaN/inf (naming the tensor); the next call
         overwrites every weight, so the merger stays usable. A model the merger was not built with is a
         :class:`UserError`.
         """
+        previous = torch.get_num_threads()
+        if threads is not None and threads != previous:
+            torch.set_num_threads(threads)
+        try:
+            return self._merge(merge_config, seed, compute_hash)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _merge(self, merge_config, seed: int, compute_hash: bool) -> MergeResult:
         from mergekit.graph import Executor
 
         t0 = time.perf_counter()
@@ -251,7 +265,7 @@ class ResidentMerger:
         digest = weights_sha256(self.model) if compute_hash else None
         return MergeResult(model=self.model, tokenizer=self.tokenizer, weights_sha256=digest,
                            seconds=time.perf_counter() - t0, seed=seed, device=self.device,
-                           merge_config=load_recipe(merge_config))
+                           merge_config=load_recipe(merge_config), threads=torch.get_num_threads())
 
 
 def _versions() -> dict[str, str]:
@@ -260,8 +274,11 @@ def _versions() -> dict[str, str]:
     return {p: version(p) for p in ("torch", "transformers", "mergekit")}
 
 
-def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu",
+                 threads: int | None = None) -> dict[str, Any]:
     """Run the in-memory merge of ``recipe`` and save it to ``out`` with a ``merge.json`` sidecar.
+
+    ``threads``: torch CPU threads for the merge (see :meth:`ResidentMerger.merge`); default: the current.
 
     Returns the sidecar dict. The saved safetensors hash to the in-memory ``weights_sha256`` (checked).
     """
@@ -274,7 +291,7 @@ def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu") ->
         config.tokenizer_source not in ("base", "union") else None
     merger = ResidentMerger(base, refs, device=device, dtype=config.out_dtype or config.dtype,
                             tokenizer_source=str(tok) if tok else None)
-    res = merger.merge(config, seed)
+    res = merger.merge(config, seed, threads=threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res.model.save_pretrained(out, safe_serialization=True)
@@ -284,7 +301,7 @@ def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu") ->
     saved = hash_model_dir(out)
     if saved != res.weights_sha256:
         raise RuntimeError(f"saved weights hash {saved} differs from the in-memory merge {res.weights_sha256}")
-    meta = {"seed": seed, "device": device, "versions": _versions(), "recipe": text,
+    meta = {"seed": seed, "device": device, "merge_threads": res.threads, "versions": _versions(), "recipe": text,
             "weights_sha256": res.weights_sha256, "merge_seconds": round(res.seconds, 3)}
     (out / "merge.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta

@@ -10,7 +10,7 @@ __all__ = ["register"]
 def _merge(args: argparse.Namespace) -> int:
     from search.merge import merge_to_dir
 
-    meta = merge_to_dir(args.recipe, args.out, seed=args.seed, device=args.device)
+    meta = merge_to_dir(args.recipe, args.out, seed=args.seed, device=args.device, threads=args.threads)
     print(f"merged {args.recipe} (seed {meta['seed']}, {meta['device']}) -> {args.out}")
     print(f"weights_sha256 {meta['weights_sha256']}")
     return 0
@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=0, help="random seed for DARE masks (default 0)")
     p.add_argument("--device", default="cpu", help="cpu or cuda; masks depend on it (default cpu)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads for the merge; CPU bits depend on it, so pass a trial's merge_threads "
+                        "to reproduce it (default: torch's current count)")
     p.set_defaults(func=_merge)
 
     h = subparsers.add_parser(

@@ -189,3 +189,20 @@ def test_world_is_worth_searching(world, merger):
     assert scores["good"] > max(experts.values()), (scores, experts)
     assert scores["good"] > scores["hand"], (scores, experts)
     assert scores["poor"] < min(experts.values()) and scores["good"] - scores["poor"] > 0.2, (scores, experts)
+
+
+def test_merge_pins_and_records_thread_count(world):
+    """CPU merge bits depend on torch's thread count: a merge pins it when asked, records it, restores it."""
+    import torch
+
+    from search.merge import ResidentMerger
+
+    recipe = {"merge_method": "task_arithmetic", "base_model": str(world.base), "dtype": "float32",
+              "models": [{"model": str(p), "parameters": {"weight": 0.5}} for p in world.experts.values()]}
+    merger = ResidentMerger(str(world.base), [str(p) for p in world.experts.values()], dtype="float32")
+    before = torch.get_num_threads()
+    one = merger.merge(recipe, 0, threads=1)
+    assert one.threads == 1 and torch.get_num_threads() == before
+    again = merger.merge(recipe, 0, threads=1)
+    assert again.weights_sha256 == one.weights_sha256
+    assert merger.merge(recipe, 0).threads == before

@@ -1,0 +1,136 @@
+"""``merge-search run``: the whole pipeline on a reduced demo config, killed mid-search and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from search.pipeline import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def reduced_config(world, tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    root = world.root
+    cfg["name"] = "pipe"
+    cfg["world"] = {"path": str(root), "seed": world.seed}
+    cfg["space"]["base_model"] = str(world.base)
+    for m in cfg["space"]["models"]:
+        m["model"] = str(world.experts[m["name"]])
+    cfg["objective"]["include_paths"] = [str(world.include_path)]
+    for t in cfg["objective"]["tasks"]:
+        t["subset"] = 60
+    cfg["objective"]["stages"] = [30, "all"]
+    cfg["search"] = {**cfg.get("search", {}), "n_trials": 5, "workers": 1, "n_startup_trials": 3}
+    cfg["dpo"] = {**cfg.get("dpo", {}), "data": {"train": str(world.preferences["train"]),
+                                                 "heldout": str(world.preferences["test"])}}
+    cfg["dpo"].setdefault("train", {})["max_steps"] = 6
+    cfg["mtbench"] = {**cfg.get("mtbench", {}), "questions": str(world.mtbench_questions), "limit": 2,
+                      "max_new_tokens": 12}
+    cfg["pipeline"] = {"top_k": 2, "mtbench_sources": False}
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def run_cmd(config: Path, run: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "merge-search"), "run", str(config), "--out", str(run), *extra],
+                          capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+
+
+def trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    info = json.loads((run / "run.json").read_text())
+    return optuna.load_study(study_name=info["study_name"], storage=info["storage"]).get_trials()
+
+
+def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path):
+    config = reduced_config(world, tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([str(BIN / "merge-search"), "run", str(config), "--out", str(run)], cwd=REPO, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            if (run / "run.json").is_file() and any(t.state == TrialState.COMPLETE for t in trials(run)):
+                break
+            assert proc.poll() is None, "the run ended before it could be killed mid-search"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial completed within 400 s")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (run / "stages" / "search.json").exists()
+    before = {t.number: (t.params, t.datetime_complete) for t in trials(run) if t.state == TrialState.COMPLETE}
+
+    res = run_cmd(config, run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    after = trials(run)
+    kept = {t.number: (t.params, t.datetime_complete) for t in after if t.number in before}
+    assert kept == before  # completed trials were kept as they were, not re-run
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 5
+
+    for stage in STAGES:
+        assert (run / "stages" / f"{stage}.json").is_file(), stage
+    for rel in ["study.db", "resolved.yaml", "best.yaml", "best.json", "heldout.json", "heldout.md",
+                "dpo/metrics.json", "dpo/loss.png", "dpo/model/config.json", "mtbench/comparison.md",
+                "mtbench/comparison.png", "mtbench/merge/scores.json", "mtbench/merge_dpo/scores.json",
+                "report.md", "plots/optimization_history.png", "plots/search_vs_test.png"]:
+        assert (run / rel).is_file(), rel
+    best = json.loads((run / "best.json").read_text())
+    assert best["trial"] in {t.number for t in after if t.state == TrialState.COMPLETE}
+    heldout = json.loads((run / "heldout.json").read_text())["models"]
+    assert {m["kind"] for m in heldout.values()} == {"source", "recipe", "trial"}
+    report = (run / "report.md").read_text()
+    assert "## Held-out evaluation" in report and "preference accuracy" in report
+    assert "report.md" in res.stdout  # the command ends by saying where the report is
+
+    # A third run recomputes nothing: every stage is skipped and no file changes.
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and "study.db" not in p.name}
+    n_trials = len(after)
+    res = run_cmd(config, run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("skipped") == len(STAGES)
+    assert len(trials(run)) == n_trials
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # --only re-runs just that stage.
+    res = run_cmd(config, run, "--only", "report")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (run / "report.md").stat().st_mtime_ns > stamps[run / "report.md"]
+    assert (run / "best.json").stat().st_mtime_ns == stamps[run / "best.json"]
+
+
+def test_run_refuses_changed_config_and_bad_stage_order(world, tmp_path):
+    config = reduced_config(world, tmp_path)
+    run = tmp_path / "run"
+    res = run_cmd(config, run, "--only", "export")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("merge-search: error: stage 'export' needs ['search'")
+    assert not run.exists()  # nothing was written for a refused command
+    from search.config import load_run_config, save_run_config
+
+    save_run_config(load_run_config(config), run / "resolved.yaml")
+    changed = yaml.safe_load(config.read_text())
+    changed["seed"] = 99
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    res = run_cmd(other, run)
+    assert res.returncode == 2 and "different config" in res.stderr
+    assert yaml.safe_load((run / "resolved.yaml").read_text())["seed"] == 0  # the stored config is untouched
+    assert not (run / "study.db").exists()
