@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The whole pipeline on the demo world (built into results/demo-world when missing): search, held-out,
+# export, DPO, MT-Bench (offline stand-in judge), report in results/demo/. Re-running resumes/skips.
 demo: install
-	$(BIN)/merge-search demo-world build --out results/demo-world
-	$(BIN)/merge-search demo-world report results/demo-world
+	$(BIN)/merge-search run configs/demo.yaml
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "search.evaluate",
     "search.dpo_cli",
     "search.pipeline",
+    "search.configref",
 ]
 
 

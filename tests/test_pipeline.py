@@ -48,7 +48,7 @@ def reduced_config(world, tmp_path: Path) -> Path:
 
 def run_cmd(config: Path, run: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "merge-search"), "run", str(config), "--out", str(run), *extra],
-                          capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
+                          check=False, capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO)
 
 
 def trials(run: Path) -> list[optuna.trial.FrozenTrial]:
