@@ -174,10 +174,12 @@ def _check_config(cfg: RunConfig, run: Path, forced: bool) -> None:
 
     saved = run / "resolved.yaml"
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    if saved.is_file() and saved.read_text(encoding="utf-8") != text and not forced:
+    old = saved.read_text(encoding="utf-8") if saved.is_file() else None
+    if old is not None and old != text and not forced:
         raise UserError(f"run folder {str(run)!r} was made with a different config (see its resolved.yaml): use "
                         "another --out, or --from STAGE to redo stages with the new config")
-    save_run_config(cfg, saved)
+    if old != text:
+        save_run_config(cfg, saved)
 
 
 def run_pipeline(config_path: str, out: str | None = None, *, from_stage: str | None = None,

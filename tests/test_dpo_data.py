@@ -113,7 +113,13 @@ def test_cli_errors_exit_2(tmp_path, world, capsys, monkeypatch):
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # run-config paths are relative to the repo root
 
-    assert main(["dpo", "configs/demo.yaml", "--model", str(world.base), "--out", str(tmp_path / "a")]) == 2
+    import yaml
+
+    no_dpo = yaml.safe_load(Path("configs/demo.yaml").read_text(encoding="utf-8"))
+    no_dpo.pop("dpo")
+    run_cfg = tmp_path / "no-dpo.yaml"
+    run_cfg.write_text(yaml.safe_dump(no_dpo), encoding="utf-8")
+    assert main(["dpo", str(run_cfg), "--model", str(world.base), "--out", str(tmp_path / "a")]) == 2
     assert "dpo.data.train is not set" in capsys.readouterr().err  # a run config without a dpo section
     cfg = tmp_path / "d.yaml"
     cfg.write_text(f"dpo:\n  data: {{train: {world.preferences['train']}}}\n", encoding="utf-8")
