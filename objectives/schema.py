@@ -12,7 +12,7 @@ import yaml
 
 from objectives.errors import UserError
 
-__all__ = ["Strict", "load_yaml", "validate", "format_validation_error"]
+__all__ = ["Strict", "format_validation_error", "load_json", "load_yaml", "validate"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -41,6 +41,20 @@ def validate(model: type[M], data: Any, source: str) -> M:
         return model.model_validate(data)
     except pydantic.ValidationError as err:
         raise UserError(format_validation_error(err, source)) from None
+
+
+def load_json(path: str | Path, missing_fix: str) -> Any:
+    """Read a JSON file; a missing file (``missing_fix`` says what to pass instead) or invalid JSON is a
+    one-line :class:`UserError`."""
+    import json
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{str(p)!r} does not exist: {missing_fix}")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg})") from None
 
 
 def load_yaml(path: str | Path) -> Any:

@@ -29,7 +29,7 @@ from objectives.errors import UserError
 from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import Strict, load_yaml, validate
 from search.dpo import DPOStageConfig
-from search.space import Choice, Range, SpaceConfig, method_parameters
+from search.space import Choice, Range, SpaceConfig, method_parameters, recipe_dict
 from search.study import SearchConfig
 
 __all__ = [
@@ -116,16 +116,8 @@ def seed_recipe(space: SpaceConfig) -> dict[str, Any]:
         if "weight" in per_model_decl:
             params["weight"] = w
         models.append({"model": m.model, "parameters": params})
-    recipe: dict[str, Any] = {"merge_method": space.merge_method, "base_model": space.base_model,
-                              "models": models, "dtype": space.dtype}
     shared = {k: _seed_value(v) for k, v in space.parameters.items() if k in shared_decl}
-    if shared:
-        recipe["parameters"] = shared
-    if space.out_dtype:
-        recipe["out_dtype"] = space.out_dtype
-    if space.tokenizer_source:
-        recipe["tokenizer_source"] = space.tokenizer_source
-    return recipe
+    return recipe_dict(space, models, shared)
 
 
 def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:

@@ -59,7 +59,7 @@ def _comments(model: type) -> dict[str, str]:
     except (OSError, TypeError):
         return {}
     found = {}
-    for m in re.finditer(r"^    (\w+): [^\n]*?#\s*(.+)$", src, flags=re.M):
+    for m in re.finditer(r"^    (\w+): [^\n]*?#\s*(.+)$", src, flags=re.MULTILINE):
         found[m.group(1)] = m.group(2).strip()
     return found
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from objectives.errors import UserError
 from objectives.schema import load_yaml, validate
 
-__all__ = ["register", "resolve_model", "build_config"]
+__all__ = ["build_config", "register", "resolve_model"]
 
 # flag dest -> (section path in the mtbench config)
 _OVERRIDES = {
@@ -85,7 +85,9 @@ def _print_scores(scores: dict, as_json: bool) -> None:
         return
     if "label" in scores:
         print(f"*** {scores['label']} ***")
-    fmt = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
+    def fmt(x: float | None) -> str:
+        return "–" if x is None else f"{x:.4f}"
+
     for k in ("first_turn", "second_turn", "average"):
         print(f"{k:>12}: {fmt(scores[k])}")
     for c, v in scores["categories"].items():

@@ -42,6 +42,7 @@ __all__ = [
     "SpaceConfig",
     "method_parameters",
     "params_from_recipe",
+    "recipe_dict",
     "recipe_yaml",
     "suggest_params",
     "to_merge_config",
@@ -332,6 +333,11 @@ def to_merge_config(space: SpaceConfig, params: dict[str, Any]):
     for i, m in enumerate(space.models):
         mp = {p: _assemble(sl, params) for (j, p), sl in grouped.items() if j == i}
         models.append({"model": m.model, **({"parameters": mp} if mp else {})})
+    return MergeConfiguration.model_validate(recipe_dict(space, models, shared))
+
+
+def recipe_dict(space: SpaceConfig, models: list[dict[str, Any]], shared: dict[str, Any]) -> dict[str, Any]:
+    """A mergekit recipe (plain dict) for ``space`` with the given per-model entries and shared parameters."""
     data: dict[str, Any] = {"models": models, "merge_method": space.merge_method, "dtype": space.dtype}
     if _base_required(space.merge_method):
         data["base_model"] = space.base_model
@@ -341,7 +347,7 @@ def to_merge_config(space: SpaceConfig, params: dict[str, Any]):
         data["out_dtype"] = space.out_dtype
     if space.tokenizer_source:
         data["tokenizer_source"] = space.tokenizer_source
-    return MergeConfiguration.model_validate(data)
+    return data
 
 
 def recipe_yaml(merge_config) -> str:

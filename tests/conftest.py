@@ -28,5 +28,5 @@ def world():
 def fasteval_dir() -> Path:
     path = SHARED / "fasteval-mtbench"
     if not path.is_dir():
-        pytest.skip(f"FastEval MT-Bench data not found at ../shared/fasteval-mtbench (beside the project root)")
+        pytest.skip("FastEval MT-Bench data not found at ../shared/fasteval-mtbench (beside the project root)")
     return path

@@ -13,7 +13,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_config_reference_matches_schema():
     text = README.read_text(encoding="utf-8")
-    m = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", text, flags=re.S)
+    m = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", text, flags=re.DOTALL)
     assert m, "README lacks the config-reference block"
     assert m.group(1) == config_reference(), (
         "README's config reference is stale: replace the block with `merge-search config-reference`")

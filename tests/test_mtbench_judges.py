@@ -80,15 +80,15 @@ if __name__ == "__main__":
     serve(*sys.argv[1:4])
     sys.exit(0)
 
-import pytest  # noqa: E402
+import pytest
 
-from objectives.errors import UserError  # noqa: E402
-from objectives.mtbench.config import JudgeConfig  # noqa: E402
-from objectives.mtbench.judges import JudgeItem, StandInJudge, judge_answers, make_judge  # noqa: E402
-from objectives.mtbench.prompts import builtin_prompts  # noqa: E402
-from objectives.mtbench.questions import Question, load_questions  # noqa: E402
-from objectives.mtbench.scores import STANDIN_LABEL, compute_scores  # noqa: E402
-from search.cli import main  # noqa: E402
+from objectives.errors import UserError
+from objectives.mtbench.config import JudgeConfig
+from objectives.mtbench.judges import JudgeItem, StandInJudge, judge_answers, make_judge
+from objectives.mtbench.prompts import builtin_prompts
+from objectives.mtbench.questions import Question, load_questions
+from objectives.mtbench.scores import STANDIN_LABEL, compute_scores
+from search.cli import main
 
 
 @pytest.fixture

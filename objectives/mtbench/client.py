@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from objectives.errors import UserError
 
-__all__ = ["HttpSettings", "chat_all", "ERROR_REPLY"]
+__all__ = ["ERROR_REPLY", "HttpSettings", "chat_all"]
 
 log = logging.getLogger("merge_search.mtbench")
 
@@ -72,7 +72,7 @@ async def _post(session: aiohttp.ClientSession, s: HttpSettings, payload: dict) 
                     f"chat endpoint {_url(s.base_url)} answered HTTP {resp.status}{hint}: "
                     f"{body[:200].decode('utf-8', 'replace')!r}; check base_url, model and the API key"
                 )
-    except (asyncio.TimeoutError, aiohttp.ClientError) as err:
+    except (TimeoutError, aiohttp.ClientError) as err:
         raise _Retryable(f"{type(err).__name__}: {err}".rstrip(": ")) from None
     try:
         content = json.loads(body)["choices"][0]["message"]["content"]

@@ -2,26 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from objectives.errors import UserError
 from objectives.mtbench.config import DEFAULT_TEMPERATURES
 from objectives.mtbench.scores import FASTEVAL_KEYS, STANDIN_LABEL
+from objectives.schema import load_json
 
-__all__ = ["load_scores", "comparison_table", "bar_chart"]
+__all__ = ["bar_chart", "comparison_table", "load_scores"]
 
 SUMMARY_ROWS = ("first_turn", "second_turn", "average")
 
 
 def load_scores(path: str | Path) -> dict:
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"scores file {str(p)!r} does not exist: pass scores.json files written by `mtbench run`/`rescore`")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg})") from None
+    data = load_json(p, "pass scores.json files written by `mtbench run`/`rescore`")
     missing = [k for k in FASTEVAL_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
         raise UserError(f"{p}: not an MT-Bench scores.json, missing {missing}")

@@ -8,7 +8,7 @@ import pydantic
 
 from objectives.schema import Strict
 
-__all__ = ["MTBenchConfig", "JudgeConfig", "DEFAULT_TEMPERATURES", "LANGUAGES"]
+__all__ = ["DEFAULT_TEMPERATURES", "LANGUAGES", "JudgeConfig", "MTBenchConfig"]
 
 # MT-Bench's sampling temperature per category (FastChat ``temperature_config``).
 DEFAULT_TEMPERATURES: dict[str, float] = {
@@ -51,7 +51,7 @@ class JudgeConfig(Strict):
     device: str = "cpu"  # hf backend only
 
     @pydantic.model_validator(mode="after")
-    def _backend_fields(self) -> "JudgeConfig":
+    def _backend_fields(self) -> JudgeConfig:
         if self.backend == "openai" and (not self.base_url or not self.model):
             raise ValueError(
                 "judge.backend 'openai' needs `base_url` and `model`, but got "

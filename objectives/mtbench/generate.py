@@ -21,7 +21,7 @@ from objectives.mtbench.client import HttpSettings, chat_all
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.questions import Question
 
-__all__ = ["ChatModel", "LocalChatModel", "EndpointChatModel", "generate_answers", "write_answers", "read_answers"]
+__all__ = ["ChatModel", "EndpointChatModel", "LocalChatModel", "generate_answers", "read_answers", "write_answers"]
 
 
 class ChatModel(Protocol):
@@ -45,7 +45,7 @@ class LocalChatModel:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs) -> "LocalChatModel":
+    def from_pretrained(cls, path: str | Path, **kwargs) -> LocalChatModel:
         """Load a saved Hugging Face model folder (weights + tokenizer with a chat template)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

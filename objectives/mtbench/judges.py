@@ -21,7 +21,7 @@ from objectives.mtbench.prompts import judge_messages
 from objectives.mtbench.questions import Question
 from objectives.mtbench.scores import STANDIN_LABEL
 
-__all__ = ["JudgeItem", "HttpJudge", "LocalJudge", "StandInJudge", "make_judge", "judge_answers", "ngram_f1"]
+__all__ = ["HttpJudge", "JudgeItem", "LocalJudge", "StandInJudge", "judge_answers", "make_judge", "ngram_f1"]
 
 
 @dataclass(frozen=True)

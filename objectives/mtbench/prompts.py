@@ -19,7 +19,7 @@ from pathlib import Path
 from objectives.errors import UserError
 from objectives.mtbench.questions import Question
 
-__all__ = ["PROMPT_NAMES", "builtin_prompts", "load_prompts", "prompt_name", "judge_messages"]
+__all__ = ["PROMPT_NAMES", "builtin_prompts", "judge_messages", "load_prompts", "prompt_name"]
 
 PROMPT_NAMES = ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn")
 

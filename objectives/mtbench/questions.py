@@ -7,9 +7,10 @@ as ints; ``"81"`` and ``81`` name the same question).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from objectives.errors import UserError
 

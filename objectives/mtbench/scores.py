@@ -10,16 +10,16 @@ Means use :func:`statistics.mean` (exact rational arithmetic), so rescoring Fast
 from __future__ import annotations
 
 import ast
-import json
 import re
 import statistics
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from objectives.errors import UserError
 from objectives.mtbench.questions import Question
+from objectives.schema import load_json
 
-__all__ = ["parse_rating", "compute_scores", "load_judge_replies", "STANDIN_LABEL", "FASTEVAL_KEYS"]
+__all__ = ["FASTEVAL_KEYS", "STANDIN_LABEL", "compute_scores", "load_judge_replies", "parse_rating"]
 
 _DOUBLE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _SINGLE = re.compile(r"\[(\d+\.?\d*)\]")
@@ -86,12 +86,7 @@ def compute_scores(replies: Iterable[Mapping], questions: Iterable[Question]) ->
 def load_judge_replies(path: str | Path) -> list[dict]:
     """Read a FastEval ``judge-replies.json`` (a list of ``{question_id, turn_number, judge_reply}``)."""
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"judge replies file {str(p)!r} does not exist: pass a FastEval judge-replies.json")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg})") from None
+    data = load_json(p, "pass a FastEval judge-replies.json")
     if not isinstance(data, list):
         raise UserError(f"{p}: expected a list of judge replies (FastEval layout), got {type(data).__name__}")
     return data
