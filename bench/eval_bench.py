@@ -4,6 +4,10 @@
 
 Both runs score the same resident model on the same fixed documents (the first ``--items`` of each task's
 search subset), one after the other in this process; goal: configured batch >= 4x the items/s of batch 1.
+
+``--width W --layers L`` scores a randomly initialised Mistral of that shape (demo tokenizer, same tasks)
+instead of the 0.4M-parameter demo base: its accuracy is meaningless, but its compute per item is closer to
+a real model's, where batching pays (on the tiny base lm-eval's per-call overhead dominates).
 """
 
 from __future__ import annotations
@@ -23,11 +27,20 @@ def main() -> None:
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--items", type=int, default=100, help="documents per task")
     ap.add_argument("--repeats", type=int, default=3, help="alternating timed runs per batch size (best kept)")
+    ap.add_argument("--width", type=int, default=0, help="hidden size of a random Mistral (0: the demo base)")
+    ap.add_argument("--layers", type=int, default=8, help="layers of the random Mistral (with --width)")
     args = ap.parse_args()
     cfg = load_run_config(args.config)
     ensure_world(cfg, quiet=True)
-    model = AutoModelForCausalLM.from_pretrained(cfg.space.base_model, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(cfg.space.base_model)
+    if args.width:
+        from demoworld.train import model_config, new_model
+
+        model = new_model(model_config(tok, hidden=args.width, layers=args.layers), seed=0).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(cfg.space.base_model, dtype=torch.float32).eval()
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
+          f"({'random, width %d, %d layers' % (args.width, args.layers) if args.width else 'demo base'})")
     sizes = (1, cfg.objective.batch_size)
     objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "stages": [args.items]}))
             for bs in sizes}

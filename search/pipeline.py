@@ -173,12 +173,12 @@ def _check_config(cfg: RunConfig, run: Path, forced: bool) -> None:
     from search.config import save_run_config
 
     saved = run / "resolved.yaml"
-    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
-    old = saved.read_text(encoding="utf-8") if saved.is_file() else None
-    if old is not None and old != text and not forced:
+    old = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
+    new = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))  # as it would read back
+    if old is not None and old != new and not forced:
         raise UserError(f"run folder {str(run)!r} was made with a different config (see its resolved.yaml): use "
                         "another --out, or --from STAGE to redo stages with the new config")
-    if old != text:
+    if old != new:
         save_run_config(cfg, saved)
 
 
