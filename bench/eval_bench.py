@@ -39,8 +39,8 @@ def main() -> None:
         model = new_model(model_config(tok, hidden=args.width, layers=args.layers), seed=0).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(cfg.space.base_model, dtype=torch.float32).eval()
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters "
-          f"({'random, width %d, %d layers' % (args.width, args.layers) if args.width else 'demo base'})")
+    kind = f"random, width {args.width}, {args.layers} layers" if args.width else "demo base"
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({kind})")
     sizes = (1, cfg.objective.batch_size)
     objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "stages": [args.items]}))
             for bs in sizes}

@@ -33,7 +33,7 @@ from demoworld.tokenizer import build_tokenizer
 from demoworld.train import model_config, new_model, train_lm
 from objectives.errors import UserError
 
-__all__ = ["build_world", "load_manifest", "World", "BUILDER_VERSION", "SKILLS"]
+__all__ = ["BUILDER_VERSION", "SKILLS", "World", "build_world", "load_manifest"]
 
 BUILDER_VERSION = 1
 SKILLS = T.SKILLS

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from demoworld.build import SKILLS, World
 from objectives.lmeval import evaluate_tasks
 
-__all__ = ["world_report", "chance_levels", "evaluate_model_dir", "format_report"]
+__all__ = ["chance_levels", "evaluate_model_dir", "format_report", "world_report"]
 
 
 def chance_levels(world: World, split: str = "test") -> dict[str, float]:

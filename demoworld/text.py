@@ -18,8 +18,14 @@ import random
 from dataclasses import dataclass
 
 __all__ = [
-    "SKILLS", "NUMBERS", "Item", "skill_items", "generic_docs", "chat_docs",
-    "preference_rows", "mtbench_questions",
+    "NUMBERS",
+    "SKILLS",
+    "Item",
+    "chat_docs",
+    "generic_docs",
+    "mtbench_questions",
+    "preference_rows",
+    "skill_items",
 ]
 
 SKILLS = ("zahlen", "artikel", "verben")

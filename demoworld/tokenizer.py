@@ -9,7 +9,7 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["build_tokenizer", "ALPHABET", "CHATML_TEMPLATE"]
+__all__ = ["ALPHABET", "CHATML_TEMPLATE", "build_tokenizer"]
 
 ALPHABET = (
     "abcdefghijklmnopqrstuvwxyz"
