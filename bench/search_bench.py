@@ -86,10 +86,16 @@ def demo_world(args) -> None:
         import json
 
         summary = json.loads((out / name / "summary.json").read_text())
-        rows.append((name, trials, summary["best_value"], summary["items"]))
-    print(f"{'run':10} {'trials':>6} {'best search score':>18} {'items evaluated':>16}")
+        # the winner's held-out (test split) score: re-merged from its recipe + seed, hash-checked
+        from search.evaluate import run_evaluate
+
+        run_evaluate(str(cfg), out=str(out / name), run=str(out / name), top_k=1, log=lambda m: None)
+        models = json.loads((out / name / "heldout.json").read_text())["models"]
+        test = next(m["test_avg"] for m in models.values() if m["trial"] == summary["best_number"])
+        rows.append((name, trials, summary["best_value"], test, summary["items"]))
+    print(f"{'run':10} {'trials':>6} {'best search score':>18} {'its test score':>15} {'items evaluated':>16}")
     for r in rows:
-        print(f"{r[0]:10} {r[1]:>6} {r[2]:>18.4f} {r[3]:>16}")
+        print(f"{r[0]:10} {r[1]:>6} {r[2]:>18.4f} {r[3]:>15.4f} {r[4]:>16}")
 
 
 def main() -> None:

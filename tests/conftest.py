@@ -25,6 +25,23 @@ def world():
 
 
 @pytest.fixture(scope="session")
+def ray_local():
+    """One private local Ray for every in-process driver of the session (2 CPUs).
+
+    Started once and never re-initialised: after ``ray.shutdown()`` a second ``ray.init()`` in the same
+    process (Ray 2.60) gets its actors destroyed by the new cluster's GCS ("all references to the actor were
+    removed"), so tests that need another cluster talk to it from a subprocess (the CLI) instead.
+    """
+    import ray
+
+    from search.driver import init_ray
+
+    init_ray(None, num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def fasteval_dir() -> Path:
     path = SHARED / "fasteval-mtbench"
     if not path.is_dir():

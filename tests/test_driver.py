@@ -10,19 +10,11 @@ import signal
 import pytest
 from optuna.trial import TrialState
 
-from search.driver import Driver, SimulatedWorker, init_ray
+from search.driver import Driver, SimulatedWorker
 from search.study import SearchConfig, enqueue_warm_start, fail_orphans, open_study
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    init_ray(None, num_cpus=2)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("ray_local")  # the session's one in-process Ray (tests/conftest.py)
 
 
 def suggest(trial):

@@ -1,7 +1,8 @@
 """The search on the demo world: a two-node Ray cluster, killed workers and drivers, pruning, export.
 
 One two-node Ray cluster (``ray start --head`` + ``ray start --address``, 1 CPU each, separate processes) is
-shared by the module; every search joins it with ``--address``. It is stopped (by process group) at the end.
+shared by the module; every CLI search joins it with ``--address``. It is stopped (by process group) at the
+end. The in-process drivers (killed worker, pruning) use the session's one local Ray (``conftest.ray_local``).
 """
 
 from __future__ import annotations
@@ -42,8 +43,6 @@ def _node_args() -> list[str]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A two-node Ray cluster on this machine; yields its address."""
-    import ray
-
     tmp = tmp_path_factory.mktemp("ray")
     port = _free_port()
     logs = [open(tmp / "head.log", "w"), open(tmp / "node.log", "w")]  # noqa: SIM115 (closed in finally)
@@ -65,18 +64,18 @@ def cluster(tmp_path_factory):
         assert address, (tmp / "head.log").read_text()
         procs.append(subprocess.Popen([BIN / "ray", "start", f"--address={address}", *_node_args()], env=ENV,
                                       start_new_session=True, stdout=logs[1], stderr=subprocess.STDOUT))
-        os.environ["RAY_AUTH_MODE"] = "disabled"
-        if ray.is_initialized():
-            ray.shutdown()
-        ray.init(address=address, log_to_driver=False)
-        for _ in range(120):
-            if sum(n["Alive"] for n in ray.nodes()) == 2:
+        # Count the live nodes from a subprocess: this process keeps its one local Ray (see conftest.ray_local).
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        for _ in range(60):
+            out = subprocess.run([sys.executable, "-c", probe, address], env=ENV, capture_output=True, text=True,
+                                 timeout=120, check=False)
+            if out.stdout.strip().endswith("2"):
                 break
-            time.sleep(0.5)
-        assert sum(n["Alive"] for n in ray.nodes()) == 2
+            time.sleep(1)
+        assert out.stdout.strip().endswith("2"), out.stderr[-2000:]
         yield address
     finally:
-        ray.shutdown()
         for p in reversed(procs):
             os.killpg(p.pid, signal.SIGTERM)
         for p in reversed(procs):
@@ -166,7 +165,7 @@ def test_export_is_reproduced_by_stock_mergekit(two_worker_run, tmp_path):
     assert hash_model_dir(merged) == side["weights_sha256"]
 
 
-def test_killed_worker_fails_trial_and_search_completes(world, cluster, tmp_path):
+def test_killed_worker_fails_trial_and_search_completes(world, ray_local, tmp_path):
     from search.config import load_run_config
     from search.driver import Driver, MergeEvalWorker
     from search.search_cli import _suggest
@@ -193,7 +192,7 @@ def test_killed_worker_fails_trial_and_search_completes(world, cluster, tmp_path
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
 
 
-def test_pruning_lowers_items_evaluated(world, cluster, tmp_path):
+def test_pruning_lowers_items_evaluated(world, ray_local, tmp_path):
     from search.config import load_run_config
     from search.driver import Driver, MergeEvalWorker
     from search.search_cli import _suggest
