@@ -24,7 +24,7 @@ def ensure_chromium() -> str:
     """The ``chromium`` executable; installs the Debian package when missing (CI on a fresh machine)."""
     exe = shutil.which("chromium")
     if exe is None and shutil.which("apt-get") and os.geteuid() == 0:
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+        install = ["apt-get", "install", "-y", "chromium"]
         if subprocess.run(install, check=False, capture_output=True, timeout=900).returncode != 0:
             # a fresh machine may have no package lists yet
             subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600)
