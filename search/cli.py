@@ -18,13 +18,13 @@ __all__ = ["build_parser", "main"]
 # Sub-command modules, imported lazily so ``--help`` stays fast and a broken optional stage does not
 # break the others. Order is the order shown in ``--help``.
 COMMAND_MODULES = [
-    "search.search_cli",
+    "search.pipeline",  # run: every stage in order
     "demoworld.cli",
-    "search.mtbench_cli",
-    "search.merge_cli",
+    "search.search_cli",  # search, dashboard, export
+    "search.merge_cli",  # merge, hash
     "search.evaluate",
     "search.dpo_cli",
-    "search.pipeline",
+    "search.mtbench_cli",
     "search.configref",
 ]
 
