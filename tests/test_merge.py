@@ -213,3 +213,27 @@ def test_merge_pins_and_records_thread_count(world):
     again = merger.merge(recipe, 0, threads=1)
     assert again.weights_sha256 == one.weights_sha256
     assert merger.merge(recipe, 0).threads == before
+
+
+def test_merge_cli_threads_recorded_and_reproducible(world, tmp_path):
+    """`merge-search merge --threads N` records N in merge.json and equals the in-memory merge pinned to N."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from search.merge import ResidentMerger
+
+    rec = recipe(world, density=(0.5, 0.7, 0.9), weight=(0.6, 0.6, 0.6), int8_mask=True)
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(rec))
+    out = tmp_path / "m"
+    res = subprocess.run([str(Path(sys.executable).parent / "merge-search"), "merge", str(path), "--out", str(out),
+                          "--seed", "3", "--threads", "1"], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    meta = json.loads((out / "merge.json").read_text())
+    assert meta["merge_threads"] == 1 and meta["seed"] == 3
+    merger = ResidentMerger(str(world.base), [str(p) for p in world.experts.values()], dtype="float32")
+    assert merger.merge(rec, 3, threads=1).weights_sha256 == meta["weights_sha256"]
