@@ -44,11 +44,7 @@ def _base_from_recipe(args: argparse.Namespace, out: Path, seed: int) -> Path:
                         "merge with `merge-search merge` and pass --model DIR instead") from None
     base = out / "base"
     seed = args.seed if args.seed is not None else seed
-    meta = merge_to_dir(args.recipe, base, seed=seed, device=args.merge_device)
-    if args.weights_sha256 and meta["weights_sha256"] != args.weights_sha256:
-        raise UserError(f"--recipe {args.recipe!r} re-merged (seed {seed}, {args.merge_device}) to weights_sha256 "
-                        f"{meta['weights_sha256']}, but --weights-sha256 is {args.weights_sha256}: check the seed, "
-                        "the merge device and the source models")
+    meta = merge_to_dir(args.recipe, base, seed=seed, device=args.merge_device, expect_sha256=args.weights_sha256)
     print(f"re-merged {args.recipe} (seed {seed}) -> {base} weights_sha256 {meta['weights_sha256']}")
     return base
 

@@ -34,6 +34,7 @@ __all__ = [
     "load_recipe",
     "merge_to_dir",
     "plan_merge_tasks",
+    "versions",
     "reseed",
 ]
 
@@ -172,6 +173,16 @@ class ResidentMerger:
         ).to(device).eval().requires_grad_(False)
 
     @classmethod
+    def from_recipe(cls, recipe, *, device: str = "cpu") -> ResidentMerger:
+        """A merger for every model a recipe references (its base, dtype and tokenizer source)."""
+        config = load_recipe(recipe)
+        refs = [str(r) for r in config.referenced_models()]
+        base = str(config.base_model) if config.base_model else refs[0]
+        tok = config.tokenizer_source
+        tok = str(tok) if isinstance(tok, str) and tok not in ("base", "union") else None
+        return cls(base, refs, device=device, dtype=config.out_dtype or config.dtype, tokenizer_source=tok)
+
+    @classmethod
     def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
         """A merger for every model of a :class:`search.space.SpaceConfig`."""
         return cls(space.base_model, [m.model for m in space.models], device=device,
@@ -268,30 +279,33 @@ class ResidentMerger:
                            merge_config=load_recipe(merge_config), threads=torch.get_num_threads())
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that determine merged weights and scores (for sidecar files)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {p: version(p) for p in ("torch", "transformers", "mergekit")}
+    out = {}
+    for pkg in ("merge-search", "mergekit", "torch", "transformers", "optuna", "lm-eval"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu",
-                 threads: int | None = None) -> dict[str, Any]:
+                 threads: int | None = None, expect_sha256: str | None = None) -> dict[str, Any]:
     """Run the in-memory merge of ``recipe`` and save it to ``out`` with a ``merge.json`` sidecar.
 
     ``threads``: torch CPU threads for the merge (see :meth:`ResidentMerger.merge`); default: the current.
+    ``expect_sha256``: the recorded hash of a scored trial; a re-merge that differs is a :class:`UserError`
+    (raised after saving, so the differing model can be inspected).
 
     Returns the sidecar dict. The saved safetensors hash to the in-memory ``weights_sha256`` (checked).
     """
     from search.space import recipe_yaml
 
     config = load_recipe(recipe)
-    refs = [str(r) for r in config.referenced_models()]
-    base = str(config.base_model) if config.base_model else refs[0]
-    tok = config.tokenizer_source if isinstance(config.tokenizer_source, str) and \
-        config.tokenizer_source not in ("base", "union") else None
-    merger = ResidentMerger(base, refs, device=device, dtype=config.out_dtype or config.dtype,
-                            tokenizer_source=str(tok) if tok else None)
-    res = merger.merge(config, seed, threads=threads)
+    res = ResidentMerger.from_recipe(config, device=device).merge(config, seed, threads=threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     res.model.save_pretrained(out, safe_serialization=True)
@@ -301,7 +315,11 @@ def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu",
     saved = hash_model_dir(out)
     if saved != res.weights_sha256:
         raise RuntimeError(f"saved weights hash {saved} differs from the in-memory merge {res.weights_sha256}")
-    meta = {"seed": seed, "device": device, "merge_threads": res.threads, "versions": _versions(), "recipe": text,
+    meta = {"seed": seed, "device": device, "merge_threads": res.threads, "versions": versions(), "recipe": text,
             "weights_sha256": res.weights_sha256, "merge_seconds": round(res.seconds, 3)}
     (out / "merge.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    if expect_sha256 and res.weights_sha256 != expect_sha256:
+        raise UserError(f"{recipe} re-merged (seed {seed}, {device}) to weights_sha256 {res.weights_sha256}, but "
+                        f"the recorded weights_sha256 is {expect_sha256}: use the trial's seed, merge device and "
+                        f"merge_threads ({res.threads} now), and unchanged source models")
     return meta

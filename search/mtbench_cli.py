@@ -69,10 +69,7 @@ def resolve_model(source: str, cfg, args: argparse.Namespace):
         from search.merge import ResidentMerger, load_recipe
 
         recipe = load_recipe(path)
-        refs = [str(r) for r in recipe.referenced_models()]
-        base = str(recipe.base_model) if recipe.base_model else refs[0]
-        merger = ResidentMerger(base, refs, device=cfg.device, dtype=recipe.out_dtype or recipe.dtype)
-        res = merger.merge(recipe, args.merge_seed, compute_hash=False)
+        res = ResidentMerger.from_recipe(recipe, device=cfg.device).merge(recipe, args.merge_seed, compute_hash=False)
         return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)
     raise UserError(
         f"--model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; pass one of those"

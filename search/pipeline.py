@@ -81,12 +81,8 @@ def _remerge_winner(run: Path, out: Path) -> Path:
     from search.merge import merge_to_dir
 
     best = json.loads((run / "best.json").read_text(encoding="utf-8"))
-    meta = merge_to_dir(run / "best.yaml", out, seed=int(best["seed"]), device=best.get("merge_device", "cpu"),
-                        threads=best.get("merge_threads"))
-    if best.get("weights_sha256") and meta["weights_sha256"] != best["weights_sha256"]:
-        raise UserError(f"{run / 'best.yaml'}: re-merged weights_sha256 {meta['weights_sha256'][:16]}... differs "
-                        f"from the scored {best['weights_sha256'][:16]}...: the source models changed since the "
-                        "search; re-run with --from search")
+    merge_to_dir(run / "best.yaml", out, seed=int(best["seed"]), device=best.get("merge_device", "cpu"),
+                 threads=best.get("merge_threads"), expect_sha256=best.get("weights_sha256"))
     return out
 
 

@@ -194,18 +194,6 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ export
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("merge-search", "mergekit", "torch", "transformers", "optuna", "lm-eval"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _pick_trial(study, which: str):
     from optuna.trial import TrialState
 
@@ -228,6 +216,8 @@ def _pick_trial(study, which: str):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from search.merge import versions
+
     study, _ = _load_study(args.run, args.study)
     trial = _pick_trial(study, str(args.trial))
     recipe = trial.user_attrs.get("recipe")
@@ -255,7 +245,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         "stderr": ua.get("stderr"),
         "items_evaluated": ua.get("items_evaluated"),
         "params": trial.params,
-        "versions": _versions(),
+        "versions": versions(),
         "reproduce": (f"OMP_NUM_THREADS={ua['merge_threads']} " if ua.get("merge_threads") and device == "cpu"
                       else "") + f"mergekit-yaml {out.name} OUT --random-seed {seed}"
                      + (" --cuda" if str(device).startswith("cuda") else ""),
