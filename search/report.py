@@ -27,10 +27,11 @@ def _load(path: Path) -> Any | None:
 
 
 def _save(fig_or_ax, path: Path) -> str:
+    """Save a figure, or the figure of an Axes (Optuna's plots return Axes), as ``path``; returns its name."""
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig = fig_or_ax.figure if hasattr(fig_or_ax, "figure") and not hasattr(fig_or_ax, "savefig") else fig_or_ax
-    fig = fig.get_figure() if hasattr(fig, "get_figure") and fig.get_figure() is not None else fig
+    fig = fig_or_ax if isinstance(fig_or_ax, Figure) else fig_or_ax.figure
     fig.set_size_inches(8, 4.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -74,9 +75,6 @@ def _study_plots(study, plots: Path) -> list[str]:
 
 
 def _heldout_section(heldout: dict, plots: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     models = heldout["models"]
