@@ -31,7 +31,7 @@ def evaluate_model_dir(path: str | Path, world: World, split: str = "test", batc
     tok = AutoTokenizer.from_pretrained(path)
     names = world.tasks[split]
     scores = evaluate_tasks(model, tok, list(names.values()), include_path=world.include_path,
-                            batch_size=batch_size, device="cpu")
+                            batch_size=batch_size, device="cpu", include_defaults=False)
     return {skill: scores[task]["score"] for skill, task in names.items()}
 
 

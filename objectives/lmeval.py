@@ -99,14 +99,17 @@ def evaluate_tasks(
     batch_size: int = 32,
     samples: dict[str, list[int]] | None = None,
     device: str | None = None,
+    include_defaults: bool = True,
 ) -> dict[str, TaskScore]:
     """Evaluate ``model`` (a ``PreTrainedModel`` already on its device) on ``tasks``.
 
     ``metric`` maps a task to its lm-eval metric key (default ``acc,none``); ``samples`` restricts a task to
-    the given document ids (lm-eval's ``samples``). Returns ``{task: {"score", "stderr", "n", "metric"}}``.
+    the given document ids (lm-eval's ``samples``). ``include_defaults=False`` skips indexing lm-eval's
+    built-in tasks (about 5 s a call) when every task comes from ``include_path``.
+    Returns ``{task: {"score", "stderr", "n", "metric"}}``.
     """
     lm = make_lm(model, tokenizer, batch_size=batch_size, device=device)
-    tm = task_manager([include_path] if include_path else None)
+    tm = task_manager([include_path] if include_path else None, include_defaults=include_defaults)
     out = run_tasks(lm, tasks, samples, task_manager=tm, bootstrap_iters=100, log_samples=False)
     results = {}
     for task in tasks:
