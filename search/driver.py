@@ -34,7 +34,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, requeue
+from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, ATTR_WORKER, requeue
 
 __all__ = ["Driver", "DriverResult", "MergeEvalWorker", "SimulatedWorker", "init_ray", "trial_seed"]
 
@@ -209,7 +209,7 @@ class Driver:
             trial.set_user_attr(ATTR_ATTEMPT, 0)
         trial.set_user_attr(ATTR_SEED, seed)
         params = self.suggest(trial)
-        trial.set_user_attr("worker", f"w{slot.index}:{slot.info.get('pid')}")
+        trial.set_user_attr(ATTR_WORKER, f"w{slot.index}:{slot.info.get('pid')}")
         trial.set_user_attr("node", f"{slot.info.get('node')}/{slot.info.get('node_id')}")
         if self.describe is not None:
             self._record_recipe(trial, params)

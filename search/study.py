@@ -19,8 +19,15 @@ writer.
 Resume
 ------
 :func:`open_study` with the same config and run folder loads the existing study. Trials left ``RUNNING`` by a
-killed driver are *orphans* (nobody else writes), so they are marked ``FAIL`` with reason ``orphaned`` and their
-parameters re-queued (counting as one retry); warm-start recipes are enqueued exactly once per study (a study
+killed driver are *orphans* (nobody else writes), so they are marked ``FAIL`` with reason ``orphaned``. What
+happens to their parameters depends on how far the driver got (it can die between ``ask`` and dispatch):
+
+* dispatched to a worker (the ``worker`` attribute is set): the parameters are re-queued, counting as one retry;
+* asked from the queue (a warm-start recipe or a retry) but not yet dispatched: the queued parameters are
+  queued again as they were, since nothing ran, so a hand recipe is never lost;
+* sampled but not yet dispatched: nothing ran and nothing is re-queued (the sampler proposes anew).
+
+Warm-start recipes are enqueued exactly once per study (a study
 user attribute records it, and :meth:`optuna.Study.enqueue_trial` skips parameters already present).
 """
 
@@ -41,6 +48,7 @@ __all__ = [
     "ATTR_FAIL_REASON",
     "ATTR_RETRY_OF",
     "ATTR_SEED",
+    "ATTR_WORKER",
     "STUDY_ATTR_WARM",
     "SearchConfig",
     "build_pruner",
@@ -56,6 +64,7 @@ ATTR_ATTEMPT = "attempt"  # 0 for a fresh trial, k for the k-th retry of the sam
 ATTR_RETRY_OF = "retry_of"  # number of the failed trial these parameters come from
 ATTR_SEED = "seed"  # merge seed: ``mergekit-yaml recipe.yaml OUT --random-seed <seed>`` re-merges the trial
 ATTR_FAIL_REASON = "fail_reason"
+ATTR_WORKER = "worker"  # set by the driver when the trial is dispatched: its parameters are complete
 STUDY_ATTR_WARM = "warm_start_enqueued"
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "nsgaii")
@@ -193,11 +202,26 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: i
 
 
 def fail_orphans(study: optuna.Study, max_retries: int) -> list[int]:
-    """Mark trials left RUNNING by a dead driver as FAIL (reason ``orphaned``) and re-queue them."""
+    """Mark trials left RUNNING by a dead driver as FAIL (reason ``orphaned ...``) and re-queue what ran or was queued.
+
+    See the module docstring for the three cases. Returns the orphans' trial numbers.
+    """
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for ft in orphans:
-        optuna.trial.Trial(study, ft._trial_id).set_user_attr(
-            ATTR_FAIL_REASON, "orphaned: the driver stopped while the trial was running")
-        study.tell(ft.number, state=TrialState.FAIL)
-        requeue(study, ft, max_retries)
+        # Optuna keeps an enqueued trial's parameters in this system attribute (Study.enqueue_trial);
+        # tests/test_driver.py fails loudly if that changes.
+        queued = ft.system_attrs.get("fixed_params")
+        if ATTR_WORKER in ft.user_attrs:
+            reason = "orphaned: the driver stopped while the trial was running"
+        elif queued:
+            reason = "orphaned before dispatch: nothing ran; its queued parameters are queued again"
+        else:
+            reason = "orphaned before dispatch: nothing ran; the sampler proposes anew"
+        optuna.trial.Trial(study, ft._trial_id).set_user_attr(ATTR_FAIL_REASON, reason)
+        frozen = study.tell(ft.number, state=TrialState.FAIL)
+        if ATTR_WORKER in ft.user_attrs:
+            requeue(study, frozen, max_retries)
+        elif queued:
+            attrs = {k: v for k, v in ft.user_attrs.items() if k != ATTR_FAIL_REASON}
+            study.enqueue_trial(dict(queued), user_attrs={**attrs, ATTR_RETRY_OF: ft.number})
     return [ft.number for ft in orphans]

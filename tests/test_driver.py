@@ -125,6 +125,28 @@ def test_resume_fails_orphans_and_keeps_warm_start_once(tmp_path):
     assert not again.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
 
 
+def test_orphans_killed_before_dispatch_lose_no_queued_recipe(tmp_path):
+    """A driver can die between ask and dispatch: only dispatched or queued parameters are queued again."""
+    cfg = SearchConfig(n_trials=3, pruner="none", max_retries=1)
+    study = open_study(cfg, name="t", run_dir=tmp_path, seed=0)
+    enqueue_warm_start(study, [{"a": 0.5, "b": 0.5}], 0)
+    queued = study.ask()  # the hand recipe, asked but not yet sampled or dispatched
+    sampled = study.ask()
+    sampled.suggest_float("a", 0, 1)  # killed half-way through sampling
+    ran = study.ask()
+    params = suggest(ran)
+    ran.set_user_attr("worker", "w0:1")  # dispatched (Driver._start_trial)
+    assert fail_orphans(study, max_retries=1) == [queued.number, sampled.number, ran.number]
+    trials = study.get_trials()
+    assert all(trials[n].state == TrialState.FAIL for n in (0, 1, 2))
+    assert "proposes anew" in trials[1].user_attrs["fail_reason"]
+    again = {t.user_attrs["retry_of"]: t for t in study.get_trials(states=(TrialState.WAITING,))}
+    assert sorted(again) == [queued.number, ran.number]  # nothing is re-queued for the half-sampled trial
+    assert again[0].system_attrs["fixed_params"] == {"a": 0.5, "b": 0.5}
+    assert again[0].user_attrs["warm_start"] == 0 and again[0].user_attrs["attempt"] == 0  # nothing ran
+    assert again[2].system_attrs["fixed_params"] == params and again[2].user_attrs["attempt"] == 1
+
+
 def test_ctrl_c_stops_asking_and_lets_running_trials_finish(tmp_path):
     def interrupt(number, stage, info):
         if number == 2 and stage == 0:
