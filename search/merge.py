@@ -84,7 +84,7 @@ def load_recipe(recipe) -> Any:
         raise UserError(format_validation_error(err, source)) from None
 
 
-def plan_merge_tasks(merge_config, options, out_model_config) -> list:
+def plan_merge_tasks(merge_config, options, out_model_config, arch=None) -> list:
     """mergekit's per-tensor merge tasks for ``merge_config`` (a list of ``ExecuteMergeMethodTask``).
 
     WORKAROUND (mergekit 0.1.5): ``MergePlanner.plan_in_memory()`` raises ``TypeError: Can't instantiate
@@ -94,11 +94,12 @@ def plan_merge_tasks(merge_config, options, out_model_config) -> list:
     the tasks draw DARE masks in the same order as ``run_merge``, so the weights are bit-identical.
     ``tests/test_merge.py::test_plan_in_memory_workaround_still_needed`` fails loudly when mergekit changes
     (fixed upstream, or ``_plan``/``_tensors`` renamed). ``_plan`` mutates the config: pass a copy.
+    ``arch``: mergekit's ``ModelArchitecture`` of the referenced models, if already known.
     """
     from mergekit.architecture import get_architecture_info
     from mergekit.plan import MergePlanner
 
-    arch = get_architecture_info(merge_config, options)
+    arch = arch or get_architecture_info(merge_config, options)
     planner = MergePlanner(merge_config, arch, options=options, out_model_config=out_model_config)
     planner._plan()
     return list(planner._tensors)
@@ -138,11 +139,18 @@ class ResidentMerger:
     ``out_dtype``/``dtype`` differs converts the resident model first. ``device`` is where the merge math
     runs and where the model lives (``cpu`` or ``cuda``); DARE masks depend on it, so an export must use the
     same device as the scored trial.
+
+    ``cache_sources`` keeps every source tensor that mergekit loads resident on ``device`` after the first
+    merge (mergekit's ``Executor(cached_values=...)``), so later candidates read no weights at all: memory is
+    the sum of the source models on that device. Off, each merge re-reads the tensors (from the page cache
+    after the first). The weights are bit-identical either way (tested). A cached tensor that a merge method
+    modified in place (its version counter moved) is re-read from a freshly opened file before the next merge
+    (on CPU mergekit's loader hands out views of one memory map, so the edit would otherwise persist).
     """
 
     def __init__(self, base_model: str, models: Sequence[str], *, device: str = "cpu",
                  dtype: str | None = None, tokenizer_source: str | None = None,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, cache_sources: bool = True):
         import transformers
         from mergekit.io.tasks import LoaderCache
         from mergekit.options import MergeOptions
@@ -166,6 +174,9 @@ class ResidentMerger:
                 raise UserError(f"cannot open model {m!r} ({type(err).__name__}: {str(err)[:200]}): pass a local "
                                 "model folder, or a hub id that is downloaded/cached") from None
         self._check_compatible()
+        self.cache_sources = cache_sources
+        self._sources: dict[Any, tuple[Any, int]] = {}  # LoadTensor task -> (value, tensor version)
+        self._arch: dict[frozenset[str], Any] = {}  # referenced models -> mergekit ModelArchitecture
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(
             tokenizer_source or self.base_model, trust_remote_code=trust_remote_code)
         self.model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -180,13 +191,15 @@ class ResidentMerger:
         base = str(config.base_model) if config.base_model else refs[0]
         tok = config.tokenizer_source
         tok = str(tok) if isinstance(tok, str) and tok not in ("base", "union") else None
-        return cls(base, refs, device=device, dtype=config.out_dtype or config.dtype, tokenizer_source=tok)
+        return cls(base, refs, device=device, dtype=config.out_dtype or config.dtype, tokenizer_source=tok,
+                   cache_sources=False)  # one merge: nothing to reuse
 
     @classmethod
     def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
         """A merger for every model of a :class:`search.space.SpaceConfig`."""
         return cls(space.base_model, [m.model for m in space.models], device=device,
-                   dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source)
+                   dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source,
+                   cache_sources=space.cache_sources)
 
     def _check_compatible(self) -> None:
         """Same architecture and tensor shapes for every source, or a :class:`UserError` (before merging)."""
@@ -208,6 +221,45 @@ class ResidentMerger:
                                 f"has shape {shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) "
                                 "differ): merge only fine-tunes of the same base")
 
+    def _architecture(self, config) -> Any:
+        """mergekit's architecture info for the recipe's models (they are fixed: looked up once per set)."""
+        from mergekit.architecture import get_architecture_info
+
+        key = frozenset(str(r) for r in config.referenced_models())
+        if key not in self._arch:
+            self._arch[key] = get_architecture_info(config, self.options)
+        return self._arch[key]
+
+    def _executor(self, targets: list) -> Any:
+        """mergekit's ``Executor`` for ``targets``; with ``cache_sources`` the loads are served from memory."""
+        from mergekit.graph import Executor, TaskHandle, TaskUniverse
+        from mergekit.io.tasks import LoadTensor
+
+        if not self.cache_sources:
+            return Executor(targets, math_device=self.device, storage_device=self.device)
+        universe = TaskUniverse(targets)
+        handles = [universe.add_task(t) for t in targets]
+        cached = {}
+        for index, task in enumerate(universe.tasks):
+            if isinstance(task, LoadTensor):
+                cached[TaskHandle(universe, index)] = self._source(task)
+        return Executor(handles, math_device=self.device, storage_device=self.device, cached_values=cached)
+
+    def _source(self, task) -> Any:
+        """The value of a ``LoadTensor`` task as the executor would store it (loaded once, then kept)."""
+        from mergekit.io.tasks import LoaderCache
+
+        hit = self._sources.get(task)
+        if hit is not None and (hit[0] is None or hit[0]._version == hit[1]):
+            return hit[0]
+        if hit is not None:  # edited in place; on CPU it shares memory with the loader's mapping: reopen that
+            LoaderCache().get(task.model).flush()
+        value = task.execute()
+        if value is not None:
+            value = value.to(self.device)
+        self._sources[task] = (value, value._version if value is not None else 0)
+        return value
+
     def merge(self, merge_config, seed: int, *, compute_hash: bool = True, threads: int | None = None) -> MergeResult:
         """Merge ``merge_config`` with ``seed`` into the resident model (weights updated in place).
 
@@ -228,8 +280,6 @@ class ResidentMerger:
             torch.set_num_threads(previous)
 
     def _merge(self, merge_config, seed: int, compute_hash: bool) -> MergeResult:
-        from mergekit.graph import Executor
-
         t0 = time.perf_counter()
         config = load_recipe(merge_config)  # a deep copy: mergekit's planner mutates what it is given
         unknown = [str(r) for r in config.referenced_models() if str(r) not in self._refs]
@@ -240,11 +290,11 @@ class ResidentMerger:
         if want is not None and want != self.model.dtype:
             self.model.to(want)
         targets = self.model.state_dict()
-        tasks = plan_merge_tasks(config, self.options, self.model.config)
+        tasks = plan_merge_tasks(config, self.options, self.model.config, arch=self._architecture(config))
         by_task = {task: weight for weight, task in tasks}
         written: set[str] = set()
+        executor = self._executor(list(by_task))
         reseed(seed)  # immediately before the first merge task draws from torch's RNG
-        executor = Executor(list(by_task), math_device=self.device, storage_device=self.device)
         for task, value in executor.run(quiet=True):
             weight = by_task[task]
             if value is None:

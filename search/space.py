@@ -118,6 +118,7 @@ class SpaceConfig(Strict):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     out_dtype: Literal["bfloat16", "float16", "float32"] | None = None
     tokenizer_source: str | None = None
+    cache_sources: bool = True  # keep source tensors on the merge device between candidates (memory: all sources)
     # Granularity: a gradient of ``layer_groups`` values per searched per-model parameter, and/or one value
     # per filter (e.g. ``self_attn``, ``mlp``) plus one for all other tensors.
     layer_groups: int | None = pydantic.Field(default=None, ge=2)

@@ -87,6 +87,26 @@ def test_reseeded_before_every_merge(world, merger):
     assert other_seed != first  # the DARE masks do depend on the seed
 
 
+def test_source_cache_serves_later_merges_and_survives_in_place_edits(world):
+    """Resident sources (Executor cached_values) change nothing in the weights, and an edited one is re-read."""
+    models = [str(p) for p in world.experts.values()]
+    plain = ResidentMerger(str(world.base), models, dtype="float32", cache_sources=False)
+    merger = ResidentMerger(str(world.base), models, dtype="float32")
+    recipes = [(recipe(world, density=(0.5, 0.7, 0.9)), 4), (recipe(world, method="ties"), 9)]
+    expected = [plain.merge(r, seed=s).weights_sha256 for r, s in recipes]
+    assert not plain._sources
+    assert [merger.merge(r, seed=s).weights_sha256 for r, s in recipes] == expected
+    n_tensors = len(merger.model.state_dict())
+    assert len(merger._sources) == 4 * n_tensors  # base + three experts, loaded once and kept
+    cached = dict(merger._sources)
+    assert [merger.merge(r, seed=s).weights_sha256 for r, s in recipes] == expected
+    assert all(merger._sources[k][0] is v[0] for k, v in cached.items())  # nothing was read again
+    task, (value, _) = next((k, v) for k, v in merger._sources.items() if v[0] is not None)
+    value.add_(1.0)  # as a merge method that edited its input in place would
+    assert [merger.merge(r, seed=s).weights_sha256 for r, s in recipes] == expected
+    assert merger._sources[task][0] is not value
+
+
 def test_merge_never_mutates_the_given_config(world, merger):
     cfg = MergeConfiguration.model_validate(recipe(world))
     before = cfg.model_dump()
