@@ -57,19 +57,36 @@ def make_lm(model, tokenizer, batch_size: int = 32, device: str | None = None):
 def run_tasks(lm, tasks: list, samples: dict[str, list[int]] | None, *, task_manager=None,
               apply_chat_template: bool = False, fewshot_as_multiturn: bool = False,
               bootstrap_iters: int = 0, log_samples: bool = True) -> dict:
-    """``lm_eval.simple_evaluate`` on ``tasks`` (names or loaded ``Task`` objects) restricted to ``samples``.
+    """lm-eval's evaluation of ``tasks`` (names or loaded ``Task`` objects) restricted to ``samples``.
 
-    Seeds are lm-eval's fixed defaults (it reseeds python/numpy/torch on every call), so two calls on the
-    same model and documents give the same numbers.
+    The same steps as ``lm_eval.simple_evaluate`` with its defaults (seeds: python 0, numpy/torch/few-shot 1234,
+    reset on every call, so two calls on the same model and documents give the same numbers; ``num_fewshot``
+    from the task, else 0), then ``lm_eval.evaluator.evaluate``. ``simple_evaluate`` itself also collects
+    environment information on every call (``pip list``, ``git``, ... in subprocesses: about 0.2 s, a
+    fifth of a demo trial); ``tests/test_objectives.py`` checks both give identical results.
+    Returns ``evaluate``'s dict (``results``, ``samples`` when ``log_samples``, ...).
     """
-    import lm_eval
+    import random
+
+    import numpy as np
+    from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+    from lm_eval.evaluator import evaluate
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import set_torch_seed
 
     _quiet_lm_eval()
     samples = {t: sorted(ids) for t, ids in samples.items()} if samples is not None else None
-    return lm_eval.simple_evaluate(
-        model=lm, tasks=list(tasks), task_manager=task_manager, samples=samples,
-        apply_chat_template=apply_chat_template, fewshot_as_multiturn=fewshot_as_multiturn,
-        log_samples=log_samples, bootstrap_iters=bootstrap_iters)
+    random.seed(DEFAULT_RANDOM_SEED)
+    np.random.seed(DEFAULT_OTHER_SEED)
+    set_torch_seed(DEFAULT_OTHER_SEED)
+    loaded = (task_manager or TaskManager()).load(list(tasks))
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
+    return evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=bootstrap_iters,
+                    log_samples=log_samples, apply_chat_template=apply_chat_template,
+                    fewshot_as_multiturn=fewshot_as_multiturn)
 
 
 def doc_values(out: dict, task: str, metric: str) -> dict[int, float]:

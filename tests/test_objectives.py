@@ -59,3 +59,25 @@ def test_staged_scoring_equals_a_fresh_full_evaluation(world, expert):
     assert all(e is not None and 0 <= e < 0.2 for e in fresh.stderr.values())
     held = obj.score(model, tok, split="test")
     assert held.n == {z: 10, art: 12} and held.split == "test"
+
+
+def test_run_tasks_equals_lm_eval_simple_evaluate(world, expert):
+    """run_tasks skips simple_evaluate's per-call environment collection but must score exactly as it does."""
+    import lm_eval
+
+    from objectives.lmeval import doc_values, make_lm, run_tasks, task_manager
+
+    model, tok = expert
+    lm = make_lm(model, tok, batch_size=8)
+    tm = task_manager([world.include_path], include_defaults=False)
+    names = [world.tasks["search"]["zahlen"], world.tasks["search"]["verben"]]
+    samples = {names[0]: [3, 1, 40, 7], names[1]: [0, 5, 9]}
+    torch.manual_seed(99)  # a caller's RNG state must not matter: both reseed
+    ours = run_tasks(lm, names, samples, task_manager=tm, bootstrap_iters=10)
+    stock = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=tm, bootstrap_iters=10,
+                                    samples={t: sorted(ids) for t, ids in samples.items()})
+    for name in names:
+        assert ours["results"][name] == stock["results"][name]
+        assert doc_values(ours, name, "acc,none") == doc_values(stock, name, "acc,none")
+        assert sorted(doc_values(ours, name, "acc,none")) == sorted(samples[name])
+    assert "pretty_env_info" in stock and "pretty_env_info" not in ours
