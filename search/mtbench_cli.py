@@ -70,7 +70,11 @@ def resolve_model(source: str, cfg, args: argparse.Namespace):
 
         recipe = load_recipe(path)
         res = ResidentMerger.from_recipe(recipe, device=cfg.device).merge(recipe, args.merge_seed, compute_hash=False)
-        return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)
+        from search.space import recipe_yaml
+
+        fingerprint = json.dumps(["recipe", recipe_yaml(recipe), args.merge_seed, cfg.device])
+        return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+                              fingerprint=fingerprint)
     raise UserError(
         f"--model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; pass one of those"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 
 from objectives.mtbench.config import MTBenchConfig
@@ -21,9 +22,28 @@ class Recorder:
     def __init__(self):
         self.calls = []
 
-    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+    fingerprint = None
+
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc="", on_reply=None):
         self.calls.append((conversations, temperatures, max_new_tokens))
         return [f"A{len(self.calls)}-{i}" for i in range(len(conversations))]
+
+
+class Crashing:
+    """Answers ``conv[-1]`` reversed, one reply at a time; raises after ``crash_after`` replies."""
+
+    def __init__(self, crash_after: int | None = None, fingerprint: str = "model-a"):
+        self.crash_after, self.fingerprint, self.asked = crash_after, fingerprint, []
+
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc="", on_reply=None):
+        out = []
+        for i, conv in enumerate(conversations):
+            if self.crash_after is not None and len(self.asked) >= self.crash_after:
+                raise KeyboardInterrupt("killed")
+            self.asked.append(conv[-1]["content"])
+            out.append(conv[-1]["content"][::-1])
+            on_reply(i, out[-1])
+        return out
 
 
 def test_second_turn_sees_first_answer_and_category_temperatures(world):
@@ -74,3 +94,22 @@ def test_demo_world_base_expert_merge_and_compare(world, tmp_path, capsys):
     assert table.strip() in capsys.readouterr().out
     assert "| base | zahlen | Δ% vs base | merge | Δ% vs base |" in table and STANDIN_LABEL in table
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interrupted_mtbench_run_resumes_without_asking_again(world, tmp_path):
+    """Answers and judge replies are kept as they arrive: a re-run asks only for what is missing."""
+    from objectives.mtbench.run import run_mtbench
+
+    cfg = MTBenchConfig(questions=str(world.mtbench_questions), limit=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_mtbench(cfg, tmp_path / "out", model=Crashing(crash_after=8), model_id="m")
+    assert not (tmp_path / "out" / "scores.json").exists()
+    again = Crashing()
+    scores = run_mtbench(cfg, tmp_path / "out", model=again, model_id="m")
+    assert len(again.asked) == 12 - 8  # 6 questions x 2 turns, 8 answered before the kill
+    fresh = run_mtbench(cfg, tmp_path / "fresh", model=Crashing(), model_id="m")
+    assert scores == fresh
+    assert (tmp_path / "out" / "answers.jsonl").read_text().count("\n") == 6
+    other = Crashing(fingerprint="model-b")  # other weights: nothing is reused
+    run_mtbench(cfg, tmp_path / "out", model=other, model_id="m")
+    assert len(other.asked) == 12

@@ -193,7 +193,7 @@ def test_mtbench_run_end_to_end_with_http_judge(world, judge_server, tmp_path, m
     assert scores["counts"] == {"first_turn": 3, "second_turn": 3, "unparsed_first_turn": 0, "unparsed_second_turn": 0}
     assert scores["average"] == pytest.approx((scores["first_turn"] + scores["second_turn"]) / 2)
     assert "label" not in scores and len(_log(log)) == 6 + 2
-    assert all(KEY not in p.read_text() for p in out.iterdir())
+    assert all(KEY not in p.read_text() for p in out.rglob("*") if p.is_file())  # the reply cache too
     qs = load_questions(world.mtbench_questions, 3)
     assert set(scores["categories"]) == {q.category for q in qs}
 
@@ -204,3 +204,32 @@ def test_local_hf_judge_replies_in_order(world):
     replies = judge_answers(judge, (q,), {q.question_id: ["Der Hund spielt.", "Der Hund lacht."]}, builtin_prompts("de"))
     assert [(r["question_id"], r["turn_number"]) for r in replies] == [(q.question_id, 0), (q.question_id, 1)]
     assert all(isinstance(r["judge_reply"], str) for r in replies)
+
+
+def test_http_judging_resumes_from_kept_replies_and_retries_failed_ones(judge_server, monkeypatch, tmp_path):
+    from objectives.mtbench.cache import ReplyCache
+    from objectives.mtbench.judges import judge_scope
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    url, log = judge_server("500")  # the first request fails and is not retried
+    cfg = _cfg(url, retries=0, concurrency=1)
+    qs = tuple(Question(str(i), "math", (f"Frage {i}", f"Nachfrage {i}")) for i in range(3))
+    answers = {q.question_id: [f"a{q.question_id}", f"b{q.question_id}"] for q in qs}
+    path = tmp_path / "judgments.jsonl"
+
+    def judged():
+        return judge_answers(make_judge(cfg), qs, answers, builtin_prompts("de"),
+                             cache=ReplyCache(path, judge_scope(cfg)))
+
+    first = judged()
+    assert [r["judge_reply"].startswith("$ERROR$") for r in first] == [True] + [False] * 5
+    assert len(_log(log)) == 6
+    second = judged()
+    assert len(_log(log)) == 6 + 1  # only the failed item is asked again
+    assert not any(r["judge_reply"].startswith("$ERROR$") for r in second)
+    assert second[1:] == first[1:]  # the kept replies, unchanged
+    judged()
+    assert len(_log(log)) == 7  # everything kept: nothing asked
+    cfg = _cfg(url, retries=0, concurrency=1, model="judge-y")  # another judge model: everything asked
+    judged()
+    assert len(_log(log)) == 7 + 6

@@ -83,6 +83,7 @@ async def _post(session: aiohttp.ClientSession, s: HttpSettings, payload: dict) 
     return content
 
 async def _one(session, sem, s: HttpSettings, messages: list[dict], temperature: float, bar) -> str:
+    """One request, retried; its reply, or :data:`ERROR_REPLY` + the reason after the last retry."""
     payload = {"model": s.model, "messages": messages, "temperature": temperature, "max_tokens": s.max_tokens}
     reason = ""
     for attempt in range(s.retries + 1):
@@ -103,18 +104,29 @@ async def _one(session, sem, s: HttpSettings, messages: list[dict], temperature:
     bar.update(1)
     return f"{ERROR_REPLY} {reason}"
 
-async def _run(s: HttpSettings, requests: list[tuple[list[dict], float]], desc: str) -> list[str]:
+async def _run(s: HttpSettings, requests: list[tuple[list[dict], float]], desc: str, on_reply) -> list[str]:
     sem = asyncio.Semaphore(s.concurrency)
     timeout = aiohttp.ClientTimeout(total=s.timeout_s)
+
+    async def one(i: int, messages: list[dict], temperature: float, bar) -> str:
+        reply = await _one(session, sem, s, messages, temperature, bar)
+        if on_reply is not None:
+            on_reply(i, reply)
+        return reply
+
     with tqdm(total=len(requests), desc=desc, leave=False) as bar:
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            tasks = [asyncio.ensure_future(_one(session, sem, s, m, t, bar)) for m, t in requests]
+            tasks = [asyncio.ensure_future(one(i, m, t, bar)) for i, (m, t) in enumerate(requests)]
             try:
                 return list(await asyncio.gather(*tasks))
             finally:
                 for t in tasks:
                     t.cancel()
 
-def chat_all(s: HttpSettings, requests: list[tuple[list[dict], float]], desc: str = "chat") -> list[str]:
-    """Reply to every ``(messages, temperature)`` in order, ``s.concurrency`` requests in flight at most."""
-    return asyncio.run(_run(s, requests, desc))
+def chat_all(s: HttpSettings, requests: list[tuple[list[dict], float]], desc: str = "chat",
+             on_reply=None) -> list[str]:
+    """Reply to every ``(messages, temperature)`` in order, ``s.concurrency`` requests in flight at most.
+
+    ``on_reply(i, reply)``, if given, is called as each request finishes (in the event loop, no threads).
+    """
+    return asyncio.run(_run(s, requests, desc, on_reply))

@@ -1,6 +1,7 @@
 """Two-turn answers: each question through the chat template, the second turn seeing the first answer.
 
-Models are chat models with ``reply_all(conversations, temperatures, max_new_tokens, desc)``: a local
+Models are chat models with ``reply_all(conversations, temperatures, max_new_tokens, desc, on_reply)`` and a
+``fingerprint`` (what the answers depend on; ``None``: answers are not kept for a resume): a local
 Hugging Face folder (:class:`LocalChatModel`: batched, left-padded, stops at the tokenizer's eos, e.g.
 ``<|im_end|>``) or an OpenAI-compatible endpoint (:class:`EndpointChatModel`). Answers are written as
 FastChat ``model_answer`` JSONL (``question_id``, ``answer_id``, ``model_id``, ``choices[0].turns``, ``tstamp``).
@@ -17,6 +18,7 @@ from typing import Protocol
 from tqdm.auto import tqdm
 
 from objectives.errors import UserError
+from objectives.mtbench.cache import ReplyCache, cached_replies
 from objectives.mtbench.client import HttpSettings, chat_all
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.questions import Question
@@ -25,14 +27,17 @@ __all__ = ["ChatModel", "EndpointChatModel", "LocalChatModel", "generate_answers
 
 
 class ChatModel(Protocol):
+    fingerprint: str | None  # identifies the weights/endpoint: finished answers are kept under it for a resume
+
     def reply_all(self, conversations: list[list[dict]], temperatures: list[float], max_new_tokens: int,
-                  desc: str = "") -> list[str]: ...
+                  desc: str = "", on_reply=None) -> list[str]: ...
 
 
 class LocalChatModel:
     """A Hugging Face causal LM folder answering chats in batches (same temperature per batch)."""
 
-    def __init__(self, model, tokenizer, *, device: str = "cpu", batch_size: int = 8, seed: int = 0):
+    def __init__(self, model, tokenizer, *, device: str = "cpu", batch_size: int = 8, seed: int = 0,
+                 fingerprint: str | None = None):
         import torch
 
         if tokenizer.chat_template is None:
@@ -43,6 +48,7 @@ class LocalChatModel:
         self.eos = self._eos_ids()
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos[0]
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.fingerprint = fingerprint
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> LocalChatModel:
@@ -52,6 +58,9 @@ class LocalChatModel:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"model {str(path)!r} is not a Hugging Face model folder (no config.json); pass a saved model dir")
+        files = sorted(f for f in path.iterdir() if f.is_file())
+        stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        kwargs.setdefault("fingerprint", json.dumps(["dir", str(path.resolve()), stamp]))
         return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
 
     def _eos_ids(self) -> list[int]:
@@ -66,7 +75,7 @@ class LocalChatModel:
             ids = ids[-(self.max_positions - min(max_new_tokens, self.max_positions // 2)):]  # keep the latest turns
         return ids
 
-    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc="", on_reply=None):
         import torch
 
         encoded = [self._encode(c, max_new_tokens) for c in conversations]
@@ -83,6 +92,8 @@ class LocalChatModel:
             for batch in batches:
                 for i, text in zip(batch, self._generate([encoded[i] for i in batch], temperatures[batch[0]], max_new_tokens)):
                     out[i] = text
+                    if on_reply is not None:
+                        on_reply(i, text)
                 bar.update(len(batch))
         return out
 
@@ -108,24 +119,37 @@ class EndpointChatModel:
 
     def __init__(self, settings: HttpSettings):
         self.settings = settings
+        self.fingerprint = json.dumps(["endpoint", settings.base_url, settings.model])
 
-    def reply_all(self, conversations, temperatures, max_new_tokens, desc=""):
+    def reply_all(self, conversations, temperatures, max_new_tokens, desc="", on_reply=None):
         s = HttpSettings(**{**self.settings.__dict__, "max_tokens": max_new_tokens})
-        return chat_all(s, list(zip(conversations, temperatures)), desc=desc)
+        return chat_all(s, list(zip(conversations, temperatures)), desc=desc, on_reply=on_reply)
 
 
 def generate_answers(model: ChatModel, questions: tuple[Question, ...], cfg: MTBenchConfig,
-                     desc: str = "MT-Bench answers") -> dict[str, list[str]]:
-    """``{question_id: [answer_1, answer_2]}``; turn 2 is asked with turn 1's question and answer in context."""
+                     desc: str = "MT-Bench answers", cache: ReplyCache | None = None) -> dict[str, list[str]]:
+    """``{question_id: [answer_1, answer_2]}``; turn 2 is asked with turn 1's question and answer in context.
+
+    With a ``cache`` (:mod:`objectives.mtbench.cache`) answers already given are reused and new ones kept as
+    they are generated, so an interrupted run resumes.
+    """
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     temps = [cfg.temperature(q.category) for q in questions]
+
+    def answer(convs: list[list[dict]], turn: str) -> list[str]:
+        requests = [{"messages": c, "temperature": t, "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+                    for c, t in zip(convs, temps)]
+        return cached_replies(cache, requests, lambda todo, on_reply: model.reply_all(
+            [convs[i] for i in todo], [temps[i] for i in todo], cfg.max_new_tokens,
+            desc=f"{desc} ({turn}, {len(todo)} to answer)", on_reply=on_reply))
+
     first_convs = [system + [{"role": "user", "content": q.turns[0]}] for q in questions]
-    first = model.reply_all(first_convs, temps, cfg.max_new_tokens, desc=f"{desc} (turn 1)")
+    first = answer(first_convs, "turn 1")
     second_convs = [
         conv + [{"role": "assistant", "content": a}, {"role": "user", "content": q.turns[1]}]
         for conv, a, q in zip(first_convs, first, questions)
     ]
-    second = model.reply_all(second_convs, temps, cfg.max_new_tokens, desc=f"{desc} (turn 2)")
+    second = answer(second_convs, "turn 2")
     return {q.question_id: [a, b] for q, a, b in zip(questions, first, second)}
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from objectives.mtbench.cache import ReplyCache, cached_replies
 from objectives.mtbench.client import HttpSettings, chat_all
 from objectives.mtbench.config import JudgeConfig
 from objectives.mtbench.prompts import judge_messages
 from objectives.mtbench.questions import Question
 from objectives.mtbench.scores import STANDIN_LABEL
 
-__all__ = ["HttpJudge", "JudgeItem", "LocalJudge", "StandInJudge", "judge_answers", "make_judge", "ngram_f1"]
+__all__ = ["HttpJudge", "JudgeItem", "LocalJudge", "StandInJudge", "judge_answers", "judge_scope", "make_judge",
+           "ngram_f1"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class HttpJudge:
         )
         self.temperature = cfg.temperature
 
-    def judge(self, items: list[JudgeItem]) -> list[str]:
-        return chat_all(self.settings, [(list(i.messages), self.temperature) for i in items], desc="judging")
+    def judge(self, items: list[JudgeItem], on_reply=None) -> list[str]:
+        return chat_all(self.settings, [(list(i.messages), self.temperature) for i in items], desc="judging",
+                        on_reply=on_reply)
 
 
 class LocalJudge:
@@ -52,9 +55,10 @@ class LocalJudge:
         self.model = LocalChatModel.from_pretrained(cfg.model, device=cfg.device, batch_size=cfg.batch_size)
         self.cfg = cfg
 
-    def judge(self, items: list[JudgeItem]) -> list[str]:
+    def judge(self, items: list[JudgeItem], on_reply=None) -> list[str]:
         convs = [list(i.messages) for i in items]
-        return self.model.reply_all(convs, [self.cfg.temperature] * len(convs), self.cfg.max_new_tokens, desc="judging")
+        return self.model.reply_all(convs, [self.cfg.temperature] * len(convs), self.cfg.max_new_tokens, desc="judging",
+                                    on_reply=on_reply)
 
 
 def _ngrams(text: str, n: int) -> Counter:
@@ -77,13 +81,15 @@ class StandInJudge:
 
     Without a reference answer the question text of that turn stands in for it (topicality only)."""
 
-    def judge(self, items: list[JudgeItem]) -> list[str]:
+    def judge(self, items: list[JudgeItem], on_reply=None) -> list[str]:
         out = []
         for it in items:
             q = it.question
             ref, what = (q.ref(it.turn), "reference answer") if q.reference else (q.turns[it.turn], "question")
             f1 = ngram_f1(it.answers[it.turn], ref)
             out.append(f"[{STANDIN_LABEL}] char-3-gram F1 with the {what} = {f1:.3f}. Rating: [[{1 + round(9 * f1)}]]")
+            if on_reply is not None:
+                on_reply(len(out) - 1, out[-1])
         return out
 
 
@@ -92,15 +98,24 @@ def make_judge(cfg: JudgeConfig):
     return {"openai": HttpJudge, "hf": LocalJudge, "standin": lambda c: StandInJudge()}[cfg.backend](cfg)
 
 
+def judge_scope(cfg: JudgeConfig) -> list:
+    """What a judge reply depends on besides the judge conversation itself (the reply cache's scope)."""
+    if cfg.backend == "standin":
+        return ["standin"]
+    return [cfg.backend, cfg.base_url, cfg.model, cfg.temperature, cfg.max_new_tokens]
+
+
 def judge_answers(judge, questions: tuple[Question, ...], answers: dict[str, list[str]],
-                  prompts: dict[str, dict[str, str]]) -> list[dict]:
+                  prompts: dict[str, dict[str, str]], cache: ReplyCache | None = None) -> list[dict]:
     """Grade both turns of every answered question; FastEval's order (all turn 0, then all turn 1) and
-    layout: ``[{"question_id", "turn_number", "judge_reply"}]``."""
+    layout: ``[{"question_id", "turn_number", "judge_reply"}]``. With a ``cache`` replies already given are
+    reused and new ones kept as they arrive (:mod:`objectives.mtbench.cache`)."""
     items = [
         JudgeItem(q, turn, tuple(answers[q.question_id]), tuple(judge_messages(prompts, q, answers[q.question_id], turn)))
         for turn in (0, 1)
         for q in questions
         if q.question_id in answers
     ]
-    replies = judge.judge(items)
+    replies = cached_replies(cache, [list(i.messages) for i in items],
+                             lambda todo, on_reply: judge.judge([items[i] for i in todo], on_reply=on_reply))
     return [{"question_id": i.question.question_id, "turn_number": i.turn, "judge_reply": r} for i, r in zip(items, replies)]

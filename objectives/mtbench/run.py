@@ -1,7 +1,9 @@
 """The MT-Bench stage end to end: questions -> answers -> judge replies -> scores, written to one folder.
 
 ``OUT/answers.jsonl`` (FastChat model_answer), ``OUT/judge-replies.json`` (FastEval), ``OUT/scores.json``
-(FastEval's shape plus ``counts``; plus ``label`` when the stand-in judge graded).
+(FastEval's shape plus ``counts``; plus ``label`` when the stand-in judge graded). ``OUT/cache/`` keeps every
+finished answer and judge reply as it arrives, so a run that was interrupted resumes where it stopped
+(:mod:`objectives.mtbench.cache`; delete the folder to start afresh).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from objectives.errors import UserError
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import ChatModel, generate_answers, read_answers, write_answers
-from objectives.mtbench.judges import judge_answers, make_judge
+from objectives.mtbench.cache import ReplyCache
+from objectives.mtbench.judges import judge_answers, judge_scope, make_judge
 from objectives.mtbench.prompts import builtin_prompts, load_prompts
 from objectives.mtbench.questions import load_questions
 from objectives.mtbench.scores import compute_scores
@@ -40,14 +43,17 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
     prompts = load_prompts(cfg.judge.prompts) if cfg.judge.prompts else builtin_prompts(cfg.language)
     judge = make_judge(cfg.judge)  # fail on a bad judge before spending time on answers
     if model is not None:
-        answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers")
+        fingerprint = getattr(model, "fingerprint", None)
+        cache = ReplyCache(out / "cache" / "answers.jsonl", fingerprint) if fingerprint else None
+        answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers", cache=cache)
         write_answers(out / "answers.jsonl", answers, model_id)
     else:
         answers = read_answers(answers_path)
     missing = [q.question_id for q in questions if q.question_id not in answers]
     if missing:
         log.warning("%d question(s) have no answer and are not judged: %s", len(missing), missing[:10])
-    replies = judge_answers(judge, questions, answers, prompts)
+    replies = judge_answers(judge, questions, answers, prompts,
+                            cache=ReplyCache(out / "cache" / "judgments.jsonl", judge_scope(cfg.judge)))
     write_json(out / "judge-replies.json", replies)
     scores = compute_scores(replies, questions)
     write_json(out / "scores.json", scores)
