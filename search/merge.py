@@ -247,12 +247,12 @@ class ResidentMerger:
 
     def _source(self, task) -> Any:
         """The value of a ``LoadTensor`` task as the executor would store it (loaded once, then kept)."""
-        from mergekit.io.tasks import LoaderCache
-
         hit = self._sources.get(task)
         if hit is not None and (hit[0] is None or hit[0]._version == hit[1]):
             return hit[0]
         if hit is not None:  # edited in place; on CPU it shares memory with the loader's mapping: reopen that
+            from mergekit.io.tasks import LoaderCache
+
             LoaderCache().get(task.model).flush()
         value = task.execute()
         if value is not None:

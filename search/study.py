@@ -211,7 +211,8 @@ def fail_orphans(study: optuna.Study, max_retries: int) -> list[int]:
         # Optuna keeps an enqueued trial's parameters in this system attribute (Study.enqueue_trial);
         # tests/test_driver.py fails loudly if that changes.
         queued = ft.system_attrs.get("fixed_params")
-        if ATTR_WORKER in ft.user_attrs:
+        dispatched = ATTR_WORKER in ft.user_attrs
+        if dispatched:
             reason = "orphaned: the driver stopped while the trial was running"
         elif queued:
             reason = "orphaned before dispatch: nothing ran; its queued parameters are queued again"
@@ -219,7 +220,7 @@ def fail_orphans(study: optuna.Study, max_retries: int) -> list[int]:
             reason = "orphaned before dispatch: nothing ran; the sampler proposes anew"
         optuna.trial.Trial(study, ft._trial_id).set_user_attr(ATTR_FAIL_REASON, reason)
         frozen = study.tell(ft.number, state=TrialState.FAIL)
-        if ATTR_WORKER in ft.user_attrs:
+        if dispatched:
             requeue(study, frozen, max_retries)
         elif queued:
             attrs = {k: v for k, v in ft.user_attrs.items() if k != ATTR_FAIL_REASON}

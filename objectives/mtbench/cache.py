@@ -28,6 +28,8 @@ class ReplyCache:
         self.path = Path(path) if path is not None else None
         self.scope = json.dumps(scope, sort_keys=True, ensure_ascii=False)
         self.replies: dict[str, str] = {}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path is not None and self.path.is_file():
             for line in self.path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -44,7 +46,6 @@ class ReplyCache:
         self.replies[key] = reply
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps({"key": key, "reply": reply}, ensure_ascii=False) + "\n")
 

@@ -58,8 +58,8 @@ class LocalChatModel:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"model {str(path)!r} is not a Hugging Face model folder (no config.json); pass a saved model dir")
-        files = sorted(f for f in path.iterdir() if f.is_file())
-        stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+        stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
+        stamp = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
         kwargs.setdefault("fingerprint", json.dumps(["dir", str(path.resolve()), stamp]))
         return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
 
