@@ -8,6 +8,9 @@ world is reused as is.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +50,30 @@ def fasteval_dir() -> Path:
     if not path.is_dir():
         pytest.skip("FastEval MT-Bench data not found at ../shared/fasteval-mtbench (beside the project root)")
     return path
+
+
+@pytest.fixture
+def kill_when():
+    """``kill_when(cmd, ready, *, env, what, timeout, group=False)``: SIGKILL a command at a chosen moment.
+
+    Starts ``cmd`` in the repository root in a session of its own, polls ``ready()`` every 0.5 s and SIGKILLs
+    the process (its whole process group with ``group``) once it returns true. Fails the test if the command
+    ends first or ``ready()`` stays false for ``timeout`` seconds; whatever is left is killed in any case.
+    """
+    def run(cmd: list[str], ready, *, env: dict, what: str, timeout: float, group: bool = False) -> None:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while not ready():
+                assert proc.poll() is None, f"the command ended before this held: {what}"
+                if time.time() > deadline:
+                    pytest.fail(f"not within {timeout} s: {what}")
+                time.sleep(0.5)
+            (os.killpg if group else os.kill)(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    return run

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
-import pytest
 import yaml
 from optuna.trial import TrialState
 
@@ -56,25 +53,12 @@ def trials(run: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=info["study_name"], storage=info["storage"]).get_trials()
 
 
-def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path):
+def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, kill_when):
     config = reduced_config(world, tmp_path)
     run = tmp_path / "run"
-    proc = subprocess.Popen([str(BIN / "merge-search"), "run", str(config), "--out", str(run)], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            if (run / "run.json").is_file() and any(t.state == TrialState.COMPLETE for t in trials(run)):
-                break
-            assert proc.poll() is None, "the run ended before it could be killed mid-search"
-            time.sleep(0.5)
-        else:
-            pytest.fail("no trial completed within 400 s")
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_when([str(BIN / "merge-search"), "run", str(config), "--out", str(run)],
+              lambda: (run / "run.json").is_file() and any(t.state == TrialState.COMPLETE for t in trials(run)),
+              env=ENV, what="a trial completed (the run is killed mid-search)", timeout=400, group=True)
     assert not (run / "stages" / "search.json").exists()
     before = {t.number: (t.params, t.datetime_complete) for t in trials(run) if t.state == TrialState.COMPLETE}
 

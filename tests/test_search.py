@@ -213,32 +213,23 @@ def test_pruning_lowers_items_evaluated(world, ray_local, tmp_path):
     assert all(t.user_attrs["items_evaluated"] == 3 * 20 for t in pruned)
 
 
-def test_killed_driver_resumes(world, cluster, tmp_path):
+def test_killed_driver_resumes(world, cluster, tmp_path, kill_when):
     cfg = write_config(world, tmp_path / "cfg.yaml", n_trials=5, max_retries=1)
     run = tmp_path / "run"
-    cmd = [str(BIN / "merge-search"), "search", str(cfg), "--out", str(run), "--address", cluster, "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            time.sleep(0.5)
-            if not (run / "study.db").exists():
-                continue
-            try:
-                trials = load(run).get_trials()
-            except (KeyError, optuna.exceptions.StorageInternalError):  # the study is being created
-                continue
-            dispatched = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-            if dispatched and TrialState.COMPLETE in {t.state for t in trials}:
-                break
-        else:
-            pytest.fail("the search never had a complete and a dispatched running trial at once")
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+
+    def complete_and_dispatched() -> bool:
+        if not (run / "study.db").exists():
+            return False
+        try:
+            trials = load(run).get_trials()
+        except (KeyError, optuna.exceptions.StorageInternalError):  # the study is being created
+            return False
+        dispatched = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        return bool(dispatched) and TrialState.COMPLETE in {t.state for t in trials}
+
+    kill_when([str(BIN / "merge-search"), "search", str(cfg), "--out", str(run), "--address", cluster,
+               "--no-progress"], complete_and_dispatched, env=ENV,
+              what="the search had a complete and a dispatched running trial at once", timeout=300)
     before = load(run).get_trials()
     orphans = [t.number for t in before if t.state == TrialState.RUNNING]
     assert orphans
