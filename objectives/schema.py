@@ -27,11 +27,13 @@ def format_validation_error(err: pydantic.ValidationError, source: str) -> str:
     """Every problem of one validation, one per ``; ``-separated item, each naming its field path."""
     items = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see the config reference in README)"
-        items.append(f"{loc}: {msg}")
+        elif e["type"] == "value_error":  # our validators' own messages, without pydantic's "Value error, "
+            msg = str(e.get("ctx", {}).get("error", msg))
+        items.append(f"{loc}: {msg}" if loc else msg)  # cross-section checks name their fields themselves
     return f"{source}: {len(items)} config error(s): " + "; ".join(items)
 
 

@@ -30,7 +30,7 @@ from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import Strict, load_yaml, validate
 from search.dpo import DPOStageConfig
 from search.space import Choice, Range, SpaceConfig, method_parameters, recipe_dict
-from search.study import SearchConfig
+from search.study import SearchConfig, check_sampler
 
 __all__ = [
     "SEED_DENSITY",
@@ -80,6 +80,14 @@ class RunConfig(Strict):
     search: SearchConfig = SearchConfig()  # the search (search.study): `merge-search search CONFIG`
     mtbench: MTBenchConfig = MTBenchConfig()  # MT-Bench-de (objectives.mtbench): `merge-search mtbench run`
     pipeline: PipelineConfig = PipelineConfig()  # `merge-search run CONFIG`: all stages in order
+
+    @pydantic.model_validator(mode="after")
+    def _check_sampler_fits_objective(self) -> RunConfig:
+        problems = check_sampler(self.search.sampler, n_objectives=2 if self.objective.secondary else 1,
+                                 constrained=bool(self.objective.constraints))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 def resolve_device(device: str) -> str:

@@ -7,6 +7,7 @@ Contract of a trial worker (the object an actor keeps; it is built once per acto
         "value": float | list[float],               # objective value(s) after this stage
         "items": int,                               # items evaluated so far (the pruner's step)
         "attrs": {str: JSON},                       # user attributes (per-task scores, stderr, sha256, ...)
+        "constraints": {str: float},                # optional; <= 0 is feasible (set on the trial at the end)
     }
 
 Stages run one after the other on the *same* actor (the merged model stays resident between them). After each
@@ -34,7 +35,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, ATTR_WORKER, requeue
+from search.study import ATTR_ATTEMPT, ATTR_FAIL_REASON, ATTR_SEED, ATTR_WORKER, is_feasible, ranked_trials, requeue
 
 __all__ = ["Driver", "DriverResult", "MergeEvalWorker", "SimulatedWorker", "init_ray", "trial_seed"]
 
@@ -102,7 +103,8 @@ class _Running:
 
 @dataclass
 class DriverResult:
-    """What one :meth:`Driver.run` did (counts are of this run; ``best_*`` of the whole study)."""
+    """What one :meth:`Driver.run` did (counts are of this run; ``best_*`` of the whole study: the first of
+    :func:`search.study.ranked_trials`, i.e. feasible first, then the best primary value)."""
 
     complete: int = 0
     pruned: int = 0
@@ -117,6 +119,7 @@ class DriverResult:
     best_number: int | None = None
     best_value: Any = None
     best_params: dict | None = None
+    best_feasible: bool | None = None  # False: no COMPLETE trial meets objective.constraints
 
     @property
     def busy_fraction(self) -> float:
@@ -264,6 +267,8 @@ class Driver:
             self._submit(slot, _Running(trial, run.params, run.seed, run.stage + 1, items, run.started))
             return
         trial.set_user_attr("trial_seconds", round(time.perf_counter() - run.started, 3))
+        for key, c in dict(out.get("constraints") or {}).items():  # feasible when <= 0 (samplers, best_trial)
+            trial.set_constraint(key, c)
         self.study.tell(trial, values=value)
         self.result.complete += 1
 
@@ -345,16 +350,13 @@ class Driver:
             self._fail(run, "interrupted: the search was stopped with a second Ctrl-C")
 
     def _fill_best(self) -> None:
-        done = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not done:
+        ranked = ranked_trials(self.study)
+        if not ranked:
             return
-        if self.multi_objective:
-            best = self.study.best_trials[0]
-            self.result.best_value = list(best.values)
-        else:
-            best = self.study.best_trial
-            self.result.best_value = best.value
+        best = ranked[0]  # feasible first; multi-objective: the best primary value
+        self.result.best_value = list(best.values) if self.multi_objective else best.value
         self.result.best_number, self.result.best_params = best.number, dict(best.params)
+        self.result.best_feasible = is_feasible(best)
 
 
 def _short(err: BaseException) -> str:
@@ -392,11 +394,13 @@ class _Progress:
 
     def _best(self) -> tuple[str, str]:
         d = self.driver
-        done = d.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not done:
+        ranked = ranked_trials(d.study)
+        if not ranked:
             return "-", "-"
-        best = d.study.best_trials[0] if d.multi_objective else d.study.best_trial
-        value = best.values if d.multi_objective else round(best.value, 4)
+        best = ranked[0]
+        value = [round(v, 4) for v in best.values] if d.multi_objective else round(best.value, 4)
+        if not is_feasible(best):
+            value = f"{value} (no trial meets the constraints yet)"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         return f"#{best.number}: {value}", params
 
@@ -508,23 +512,24 @@ class MergeEvalWorker:
         res = self.objective.score(merged.model, merged.tokenizer, stage=stage, previous=prev, lm=lm)
         self._trial = (number, merged, lm, res)
         attrs.update(scores=res.tasks, stderr=res.stderr, items_per_task=res.n,
-                     eval_seconds=round(time.perf_counter() - t0, 3), violations=res.violations,
-                     constraints=_constraint_values(self.config.objective, res))
+                     eval_seconds=round(time.perf_counter() - t0, 3), violations=res.violations)
         if res.secondary is not None:
             attrs["secondary"] = res.secondary
         value: Any = [res.score, res.secondary] if self.config.objective.secondary else res.score
-        return {"value": value, "items": res.items, "attrs": attrs}
+        return {"value": value, "items": res.items, "attrs": attrs,
+                "constraints": constraint_values(self.config.objective, res)}
 
 
-def _constraint_values(objective_cfg: Any, res: Any) -> list[float]:
-    """Optuna constraint values (``<= 0`` is feasible) for the objective's constraints."""
-    out = []
+def constraint_values(objective_cfg: Any, res: Any) -> dict[str, float]:
+    """Optuna constraint values (``<= 0`` is feasible) of the objective's constraints, keyed
+    ``"<index>:<objective>"``: how far the score lies outside ``[min, max]`` (negative: inside, by that much)."""
+    out = {}
     sec = objective_cfg.secondary.name if objective_cfg.secondary else None
-    for c in objective_cfg.constraints:
+    for i, c in enumerate(objective_cfg.constraints):
         v = res.score if c.objective == "primary" else res.secondary if c.objective == sec \
             else res.tasks.get(c.objective)
-        if v is None:
-            out.append(0.0)
+        if v is None:  # not evaluated at this stage
             continue
-        out.append(max(c.min - v if c.min is not None else -math.inf, v - c.max if c.max is not None else -math.inf))
+        out[f"{i}:{c.objective}"] = max(c.min - v if c.min is not None else -math.inf,
+                                        v - c.max if c.max is not None else -math.inf)
     return out

@@ -62,22 +62,13 @@ def _merged(merger_of: Callable[[], Any], recipe: Any, seed: int, expect_sha: st
 
 
 def top_trials(run: str, k: int) -> list[Any]:
-    """The ``k`` best COMPLETE trials (first objective) of the study in run folder or storage URL ``run``."""
-    import optuna
-    from optuna.trial import TrialState
+    """The ``k`` best COMPLETE trials of the study in run folder or storage URL ``run``: feasible first, then by
+    the primary objective (:func:`search.study.ranked_trials`)."""
+    from search.search_cli import load_study
+    from search.study import ranked_trials
 
-    from search.search_cli import resolve_storage
-
-    url, name, _ = resolve_storage(run)
-    if name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
-        if len(names) != 1:
-            raise UserError(f"storage {url} holds studies {names}: pass the run folder with its run.json")
-        name = names[0]
-    study = optuna.load_study(study_name=name, storage=url)
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    done.sort(key=lambda t: -sign * t.values[0])
+    study, _ = load_study(run)
+    done = ranked_trials(study)
     missing = [t.number for t in done[:k] if "recipe" not in t.user_attrs or "seed" not in t.user_attrs]
     if missing:
         raise UserError(f"trials {missing} of {run} have no recorded `recipe`/`seed` user attributes: they "

@@ -70,10 +70,21 @@ def _stage_heldout(cfg: RunConfig, run: Path, config_path: str, address: str | N
 
 
 def _stage_export(cfg: RunConfig, run: Path, config_path: str, address: str | None) -> None:
-    """The winner: the best trial on the *search* split (the held-out split only reports)."""
-    from search.search_cli import cmd_export
+    """The winner: the best trial on the *search* split (the held-out split only reports).
 
-    cmd_export(argparse.Namespace(run=str(run), study=None, trial="best", out=str(run / "best.yaml")))
+    Feasible trials come first (``objective.constraints``); with a secondary objective the winner is the
+    feasible trial with the best primary value, which lies on the Pareto front."""
+    from search.search_cli import load_study, cmd_export
+    from search.study import is_feasible, ranked_trials
+
+    study, _ = load_study(str(run), None)
+    ranked = ranked_trials(study)
+    which = "best"  # single objective, or nothing feasible: export's own error says what to do
+    if len(study.directions) > 1 and ranked and is_feasible(ranked[0]):
+        which = str(ranked[0].number)
+        _say(f"multi-objective: exporting trial {which}, the feasible trial with the best primary value "
+             f"{ranked[0].values[0]:.4f} (secondary {ranked[0].values[1]:.4f})")
+    cmd_export(argparse.Namespace(run=str(run), study=None, trial=which, out=str(run / "best.yaml")))
 
 
 def _remerge_winner(run: Path, out: Path) -> Path:
@@ -141,9 +152,9 @@ def _stage_mtbench(cfg: RunConfig, run: Path, config_path: str, address: str | N
 
 def _stage_report(cfg: RunConfig, run: Path, config_path: str, address: str | None) -> None:
     from search.report import write_report
-    from search.search_cli import _load_study
+    from search.search_cli import load_study
 
-    study, _ = _load_study(str(run), None)
+    study, _ = load_study(str(run), None)
     write_report(run, study)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["cmd_dashboard", "cmd_export", "cmd_search", "register", "resolve_storage"]
+__all__ = ["cmd_dashboard", "cmd_export", "cmd_search", "load_study", "register", "resolve_storage"]
 
 
 def register(subparsers) -> None:
@@ -134,7 +134,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     result = driver.run()
     summary = {k: getattr(result, k) for k in ("complete", "pruned", "failed", "requeued", "items",
-                                                "best_number", "best_value", "best_params", "interrupted")}
+                                                "best_number", "best_value", "best_params", "best_feasible",
+                                                "interrupted")}
     summary["busy_fraction"] = round(result.busy_fraction, 4)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     print(yaml.safe_dump({"run": str(run_dir), **summary}, sort_keys=False).rstrip())
@@ -159,7 +160,9 @@ def resolve_storage(run: str) -> tuple[str, str | None, Path | None]:
                     "--out folder of `merge-search search` or a URL such as sqlite:///RUN/study.db")
 
 
-def _load_study(run: str, study_name: str | None):
+def load_study(run: str, study_name: str | None = None):
+    """``(study, run folder or None)`` from a run folder (its ``run.json``) or a storage URL; ``study_name``
+    picks one study of a storage that holds several."""
     import optuna
 
     url, name, run_dir = resolve_storage(run)
@@ -195,16 +198,21 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _pick_trial(study, which: str):
-    from optuna.trial import TrialState
+    from search.study import feasible_front, is_feasible, ranked_trials
 
     if which == "best":
-        if len(study.directions) > 1:
-            front = sorted(t.number for t in study.best_trials)
-            raise UserError(f"study {study.study_name!r} is multi-objective, so there is no single best: pass "
-                            f"--trial N with N from the Pareto front {front}")
-        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        ranked = ranked_trials(study)
+        if not ranked:
             raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet: run the search first")
-        return study.best_trial
+        if not is_feasible(ranked[0]):
+            raise UserError(f"study {study.study_name!r}: no COMPLETE trial meets objective.constraints (see each "
+                            "trial's `violations`): pass --trial N to export one anyway, or relax the constraints")
+        if len(study.directions) > 1:
+            front = sorted(t.number for t in feasible_front(study))
+            raise UserError(f"study {study.study_name!r} is multi-objective, so there is no single best: pass "
+                            f"--trial N with N from the Pareto front {front} (trial {ranked[0].number} has the "
+                            "best primary value)")
+        return ranked[0]
     try:
         number = int(which)
     except ValueError:
@@ -218,7 +226,7 @@ def _pick_trial(study, which: str):
 def cmd_export(args: argparse.Namespace) -> int:
     from search.merge import versions
 
-    study, _ = _load_study(args.run, args.study)
+    study, _ = load_study(args.run, args.study)
     trial = _pick_trial(study, str(args.trial))
     recipe = trial.user_attrs.get("recipe")
     if not recipe:

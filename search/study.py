@@ -53,9 +53,13 @@ __all__ = [
     "SearchConfig",
     "build_pruner",
     "build_sampler",
+    "check_sampler",
     "default_storage_url",
     "enqueue_warm_start",
     "fail_orphans",
+    "feasible_front",
+    "is_feasible",
+    "ranked_trials",
     "open_study",
     "requeue",
 ]
@@ -69,6 +73,8 @@ STUDY_ATTR_WARM = "warm_start_enqueued"
 
 SAMPLERS = ("tpe", "gp", "cmaes", "random", "nsgaii")
 PRUNERS = ("successive_halving", "hyperband", "none")
+MULTI_OBJECTIVE_SAMPLERS = ("nsgaii", "tpe", "random")
+CONSTRAINED_SAMPLERS = ("tpe", "gp", "nsgaii", "random")  # CMA-ES ignores Optuna trial constraints
 
 
 class SearchConfig(Strict):
@@ -103,19 +109,32 @@ def default_storage_url(run_dir: str | Path) -> str:
     return f"sqlite:///{(Path(run_dir).resolve() / 'study.db').as_posix()}"
 
 
+def check_sampler(sampler: str, *, n_objectives: int = 1, constrained: bool = False) -> list[str]:
+    """What is wrong with ``sampler`` for this objective (empty when it fits), one message per problem."""
+    problems = []
+    if n_objectives > 1 and sampler not in MULTI_OBJECTIVE_SAMPLERS:
+        problems.append(f"search.sampler {sampler!r} is single-objective but the objective has {n_objectives} "
+                        f"values (objective.secondary is set): use one of {list(MULTI_OBJECTIVE_SAMPLERS)}")
+    if constrained and sampler not in CONSTRAINED_SAMPLERS:
+        problems.append(f"search.sampler {sampler!r} ignores objective.constraints: use one of "
+                        f"{list(CONSTRAINED_SAMPLERS)}, or drop the constraints")
+    return problems
+
+
 def build_sampler(
     cfg: SearchConfig, seed: int, *, x0: dict[str, Any] | None = None, n_objectives: int = 1,
     constrained: bool = False,
 ) -> optuna.samplers.BaseSampler:
     """The configured sampler, seeded; ``x0`` (the first warm-start recipe) is CMA-ES's starting mean.
 
-    With ``constrained``, NSGA-II reads each trial's ``constraints`` user attribute (values ``<= 0`` are
-    feasible)."""
+    Constraints reach the samplers through each trial's Optuna constraints (``Trial.set_constraint``, set by the
+    driver when a trial completes): TPE, GP and NSGA-II model feasibility, and Optuna's ``best_trial(s)``
+    consider only feasible trials. Raises :class:`UserError` for a sampler that cannot serve the objective
+    (:func:`check_sampler`)."""
+    problems = check_sampler(cfg.sampler, n_objectives=n_objectives, constrained=constrained)
+    if problems:
+        raise UserError("; ".join(problems))
     name = cfg.sampler
-    if n_objectives > 1 and name not in ("nsgaii", "random", "tpe"):
-        raise UserError(
-            f"search.sampler {name!r} is single-objective but the objective has {n_objectives} values: "
-            "use `nsgaii`, `tpe` or `random`")
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials,
                                           multivariate=True, constant_liar=True)
@@ -126,11 +145,37 @@ def build_sampler(
                                             n_startup_trials=0)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints if constrained else None)
+    return optuna.samplers.NSGAIISampler(seed=seed)
 
 
-def _constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
+def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when every Optuna constraint value of the trial is ``<= 0`` (always true without constraints)."""
+    return all(v <= 0 for v in trial.constraints.values())
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials, best first: feasible before infeasible, then by the objective values in order
+    (primary first, each in its direction), then by trial number.
+
+    The first is the single-objective best (among feasible trials) and, for multi-objective, the feasible
+    trial with the best primary value, which lies on the feasible Pareto front.
+    """
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sorted(done, key=lambda t: (not is_feasible(t), *(-s * v for s, v in zip(signs, t.values)), t.number))
+
+
+def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The Pareto front of the feasible COMPLETE trials (no other feasible trial is at least as good in every
+    objective and better in one), in :func:`ranked_trials` order."""
+    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    feasible = [t for t in ranked_trials(study) if is_feasible(t)]
+
+    def dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:
+        pairs = [(s * x, s * y) for s, x, y in zip(signs, a.values, b.values)]
+        return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
+
+    return [t for t in feasible if not any(dominates(o, t) for o in feasible)]
 
 
 def build_pruner(cfg: SearchConfig) -> optuna.pruners.BasePruner:

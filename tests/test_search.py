@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import os
 import signal
 import socket
@@ -87,8 +88,9 @@ def cluster(tmp_path_factory):
             f.close()
 
 
-def write_config(world, path: Path, name: str = "t", **search) -> Path:
-    """A demo-world run config (absolute paths) with small fidelity stages: 20 then 40 items per task."""
+def write_config(world, path: Path, name: str = "t", objective: dict | None = None, **search) -> Path:
+    """A demo-world run config (absolute paths) with small fidelity stages: 20 then 40 items per task;
+    ``objective`` updates the objective section."""
     data = {
         "name": name,
         "seed": 0,
@@ -101,6 +103,7 @@ def write_config(world, path: Path, name: str = "t", **search) -> Path:
                       "stages": [20, "all"], "batch_size": 32},
         "search": {"workers": 2, "n_trials": 4, "pruner": "none", "n_startup_trials": 2, **search},
     }
+    data["objective"].update(objective or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return path
@@ -211,6 +214,56 @@ def test_pruning_lowers_items_evaluated(world, ray_local, tmp_path):
     assert sha.pruned >= 1 and sha.items < nop.items
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert all(t.user_attrs["items_evaluated"] == 3 * 20 for t in pruned)
+
+
+def test_constrained_two_objective_search_ranks_feasible_trials_first(world, ray_local, tmp_path):
+    """NSGA-II on (zahlen + artikel, verben) with verben >= 0.5: constraint values reach Optuna, and the
+    held-out top-K and the pipeline's winner skip a trial with a higher primary score that breaks it."""
+    from search.config import load_run_config
+    from search.driver import Driver, MergeEvalWorker
+    from search.evaluate import top_trials
+    from search.pipeline import _stage_export
+    from search.search_cli import _describe, _suggest
+    from search.study import is_feasible, open_study, ranked_trials
+
+    search_tasks = world.tasks["search"]
+    objective = {"tasks": [{"name": search_tasks[s], "subset": 40} for s in ("zahlen", "artikel")],
+                 "secondary": {"name": "verben", "tasks": [{"name": search_tasks["verben"], "subset": 40}]},
+                 "constraints": [{"objective": "verben", "min": 0.5}]}
+    cfg = load_run_config(write_config(world, tmp_path / "cfg.yaml", objective=objective, sampler="nsgaii"))
+    run = tmp_path / "run"
+    study = open_study(cfg.search, name="t", run_dir=run, seed=0, directions=["maximize", "maximize"],
+                       constrained=True)
+    hand = {  # (zahlen, artikel, verben) weights at density 0.7
+        "no_verben": (0.7, 0.7, 0.0),  # strong on the primary tasks, breaks the constraint
+        "all": (0.7, 0.7, 0.7),
+        "weak": (0.1, 0.1, 0.1),
+    }
+    for tag, weights in hand.items():
+        study.enqueue_trial({f"{s}.{p}": v for s, w in zip(("zahlen", "artikel", "verben"), weights)
+                             for p, v in (("density", 0.7), ("weight", w))}, user_attrs={"hand": tag})
+    driver = Driver(study, worker_factory=functools.partial(MergeEvalWorker, cfg),
+                    suggest=functools.partial(_suggest, cfg.space), describe=functools.partial(_describe, cfg.space),
+                    n_trials=5, workers=2, progress=False)
+    driver.run()
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 5
+    for t in done:
+        verben = t.user_attrs["scores"][search_tasks["verben"]]
+        assert t.values[1] == pytest.approx(verben) == pytest.approx(t.user_attrs["secondary"])
+        assert t.constraints == {"0:verben": pytest.approx(0.5 - verben)}
+        assert bool(t.user_attrs["violations"]) == (not is_feasible(t))
+    by_hand = {t.user_attrs["hand"]: t for t in done if "hand" in t.user_attrs}
+    no_verben, best_feasible = by_hand["no_verben"], ranked_trials(study)[0]
+    assert not is_feasible(no_verben) and is_feasible(best_feasible), "the hand recipes no longer split as planned"
+    assert no_verben.values[0] > best_feasible.values[0]
+    assert best_feasible.values[0] == max(t.values[0] for t in done if is_feasible(t))
+    assert all(is_feasible(t) for t in study.best_trials)  # Optuna's Pareto front sees the constraints
+    top = top_trials(str(run), 3)
+    assert [is_feasible(t) for t in top] == sorted((is_feasible(t) for t in top), reverse=True)
+    assert top[0].number == best_feasible.number
+    _stage_export(cfg, run, str(tmp_path / "cfg.yaml"), None)
+    assert json.loads((run / "best.json").read_text())["trial"] == best_feasible.number
 
 
 def test_killed_driver_resumes(world, cluster, tmp_path, kill_when):
