@@ -2,9 +2,14 @@
 
 SHA-256 over every tensor in sorted name order; each tensor contributes its name (UTF-8) followed by its
 raw bytes as stored (contiguous, in the tensor's own dtype, the machine's little-endian layout that
-safetensors also uses). The same function hashes a resident ``PreTrainedModel`` (its ``state_dict()``) and
-a saved model folder (its ``*.safetensors`` files), so an exported merge can be checked against the scored
-candidate with ``merge-search hash DIR``.
+safetensors also uses). The same function hashes a resident ``PreTrainedModel`` and a saved model folder (its
+``*.safetensors`` files), so an exported merge can be checked against the scored candidate with
+``merge-search hash DIR``.
+
+A model contributes the tensors ``save_pretrained`` writes: its ``state_dict()`` without tied aliases (with
+``tie_word_embeddings`` the state dict holds ``lm_head.weight`` and ``model.embed_tokens.weight``, one storage
+under two names; the files, ``save_pretrained``'s and stock ``mergekit-yaml``'s alike, hold only the latter).
+transformers' own ``remove_tied_weights_from_state_dict`` decides which name stays.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 
 from objectives.errors import UserError
 
-__all__ = ["hash_model_dir", "tensor_bytes", "weights_sha256"]
+__all__ = ["hash_model_dir", "saved_tensors", "tensor_bytes", "weights_sha256"]
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -28,10 +33,17 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
+def saved_tensors(model) -> dict[str, torch.Tensor]:
+    """The tensors ``model.save_pretrained`` writes: the state dict without tied aliases (see module doc)."""
+    from transformers.modeling_utils import remove_tied_weights_from_state_dict
+
+    return remove_tied_weights_from_state_dict(dict(model.state_dict()), model)
+
+
 def weights_sha256(model_or_state_dict) -> str:
-    """SHA-256 (hex) of a model's ``state_dict()`` or of a ``{name: tensor}`` mapping (see module doc)."""
+    """SHA-256 (hex) of a model's :func:`saved_tensors` or of a ``{name: tensor}`` mapping (see module doc)."""
     tensors: Mapping[str, torch.Tensor] = (
-        model_or_state_dict if isinstance(model_or_state_dict, Mapping) else model_or_state_dict.state_dict()
+        model_or_state_dict if isinstance(model_or_state_dict, Mapping) else saved_tensors(model_or_state_dict)
     )
     h = hashlib.sha256()
     for name in sorted(tensors):

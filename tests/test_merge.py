@@ -77,6 +77,38 @@ def test_in_memory_merge_equals_stock_mergekit_yaml(world, merger, tmp_path, nam
     assert stock_hash(rec, tmp_path / "stock", seed) == res.weights_sha256, name
 
 
+def test_tied_embeddings_hash_as_stock_mergekit_and_save_pretrained_write_them(world, tmp_path):
+    """With tie_word_embeddings one storage has two names in the state dict but one in every saved file."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from search.hashing import saved_tensors
+
+    cfg = AutoConfig.from_pretrained(world.base)
+    cfg.tie_word_embeddings = True
+    tok = AutoTokenizer.from_pretrained(world.base)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(cfg)
+    paths = []
+    for i in range(3):  # base + two "fine-tunes" (small noise)
+        with torch.no_grad():
+            model = AutoModelForCausalLM.from_config(cfg)
+            model.load_state_dict(base.state_dict())
+            for param in model.parameters() if i else ():
+                param.add_(torch.randn_like(param) * 0.01)
+        paths.append(tmp_path / f"m{i}")
+        model.save_pretrained(paths[-1])
+        tok.save_pretrained(paths[-1])
+    rec = {"merge_method": "dare_ties", "base_model": str(paths[0]), "dtype": "float32",
+           "models": [{"model": str(p), "parameters": {"density": 0.6, "weight": 0.5}} for p in paths[1:]]}
+    res = ResidentMerger(str(paths[0]), [str(p) for p in paths[1:]], dtype="float32").merge(rec, seed=3)
+    state = res.model.state_dict()
+    assert state["lm_head.weight"].data_ptr() == state["model.embed_tokens.weight"].data_ptr()
+    assert set(state) - set(saved_tensors(res.model)) == {"lm_head.weight"}
+    assert stock_hash(rec, tmp_path / "stock", 3) == res.weights_sha256
+    side = merge_to_dir(rec, tmp_path / "ours", seed=3)  # checks its saved files against the in-memory hash
+    assert side["weights_sha256"] == res.weights_sha256 == hash_model_dir(tmp_path / "ours")
+
+
 def test_reseeded_before_every_merge(world, merger):
     a, b = recipe(world, density=(0.5, 0.5, 0.5)), recipe(world, density=(1.0, 0.3, 0.8))
     first = merger.merge(a, seed=1).weights_sha256
