@@ -106,6 +106,26 @@ def test_pruning_lowers_items_evaluated(tmp_path):
     assert set(pruned[0].intermediate_values) <= {20, 100}
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "random", "nsgaii"])
+def test_every_sampler_runs_a_warm_started_search_with_hyperband(tmp_path, sampler):
+    cfg = SearchConfig(sampler=sampler, pruner="hyperband", n_trials=10, n_startup_trials=3, workers=2)
+    warm = {"a": 0.2, "b": 0.7}
+    study = open_study(cfg, name="t", run_dir=tmp_path, seed=0, x0=warm)
+    assert enqueue_warm_start(study, [warm], seed=0) == 1
+    driver = Driver(study, worker_factory=functools.partial(SimulatedWorker, items=(20, 100, 400)),
+                    suggest=suggest, n_trials=10, workers=2, seed=0, num_cpus=0.5, progress=False,
+                    poll_seconds=0.05)
+    res = driver.run()
+    assert res.failed == 0 and res.complete + res.pruned == 10 and res.complete >= 1
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].params == warm and trials[0].user_attrs["warm_start"] == 0
+    assert all(0 <= v <= 1 for t in trials for v in t.params.values())
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)  # the sampler proposes anew
+    assert all(t.intermediate_values for t in trials if t.state == TrialState.PRUNED)
+    assert res.best_number == max((t for t in trials if t.state == TrialState.COMPLETE),
+                                  key=lambda t: t.value).number
+
+
 def test_resume_fails_orphans_and_keeps_warm_start_once(tmp_path):
     cfg = SearchConfig(n_trials=3, pruner="none")
     warm = [{"a": 0.5, "b": 0.5}]
