@@ -98,7 +98,14 @@ def evaluate_candidates(objective, candidates: list[Candidate], *, log=print) ->
             "stderr": search.stderr, "stderr_test": test.stderr if test else {},
             "n": search.n, "n_test": test.n if test else {},
         }
-        log(f"  search {search.score:.4f}" + (f"  held-out {test_avg:.4f}" if test_avg is not None else ""))
+        if cfg.secondary:  # averaged over the secondary objective's tasks, weighted as in the objective
+            sec_tasks = [t.name for t in cfg.secondary.tasks]
+            models[c.name].update(
+                secondary_avg=search.secondary,
+                secondary_test_avg=aggregate(cfg.secondary, test_tasks) if all(
+                    t in test_tasks for t in sec_tasks) else None)
+        log(f"  search {search.score:.4f}" + (f"  held-out {test_avg:.4f}" if test_avg is not None else "")
+            + (f"  ({cfg.secondary.name}: search {_fmt(search.secondary)})" if cfg.secondary else ""))
     return {"models": models, "subsets": objective.record()}
 
 
@@ -117,6 +124,9 @@ def format_table(report: dict[str, Any]) -> str:
                          f"{_fmt(m['test'].get(task), m['stderr_test'].get(task))} |")
         lines.append(f"| {name} | {m['kind']} | **average** | **{_fmt(m['search_avg'])}** | "
                      f"**{_fmt(m['test_avg'])}** |")
+        if "secondary_avg" in m:
+            lines.append(f"| {name} | {m['kind']} | **secondary average** | **{_fmt(m['secondary_avg'])}** | "
+                         f"**{_fmt(m['secondary_test_avg'])}** |")
     return "\n".join(lines) + "\n"
 
 

@@ -74,7 +74,7 @@ def _stage_export(cfg: RunConfig, run: Path, config_path: str, address: str | No
 
     Feasible trials come first (``objective.constraints``); with a secondary objective the winner is the
     feasible trial with the best primary value, which lies on the Pareto front."""
-    from search.search_cli import load_study, cmd_export
+    from search.search_cli import cmd_export, load_study
     from search.study import is_feasible, ranked_trials
 
     study, _ = load_study(str(run), None)

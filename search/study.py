@@ -59,8 +59,8 @@ __all__ = [
     "fail_orphans",
     "feasible_front",
     "is_feasible",
-    "ranked_trials",
     "open_study",
+    "ranked_trials",
     "requeue",
 ]
 
@@ -155,6 +155,10 @@ def is_feasible(trial: optuna.trial.FrozenTrial) -> bool:
     return all(v <= 0 for v in trial.constraints.values())
 
 
+def _signs(study: optuna.Study) -> list[float]:
+    return [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+
+
 def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials, best first: feasible before infeasible, then by the objective values in order
     (primary first, each in its direction), then by trial number.
@@ -162,7 +166,7 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     The first is the single-objective best (among feasible trials) and, for multi-objective, the feasible
     trial with the best primary value, which lies on the feasible Pareto front.
     """
-    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    signs = _signs(study)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return sorted(done, key=lambda t: (not is_feasible(t), *(-s * v for s, v in zip(signs, t.values)), t.number))
 
@@ -170,7 +174,7 @@ def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The Pareto front of the feasible COMPLETE trials (no other feasible trial is at least as good in every
     objective and better in one), in :func:`ranked_trials` order."""
-    signs = [1.0 if d == optuna.study.StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    signs = _signs(study)
     feasible = [t for t in ranked_trials(study) if is_feasible(t)]
 
     def dominates(a: optuna.trial.FrozenTrial, b: optuna.trial.FrozenTrial) -> bool:

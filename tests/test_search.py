@@ -221,14 +221,16 @@ def test_constrained_two_objective_search_ranks_feasible_trials_first(world, ray
     held-out top-K and the pipeline's winner skip a trial with a higher primary score that breaks it."""
     from search.config import load_run_config
     from search.driver import Driver, MergeEvalWorker
-    from search.evaluate import top_trials
+    from search.evaluate import run_evaluate, top_trials
     from search.pipeline import _stage_export
     from search.search_cli import _describe, _suggest
     from search.study import is_feasible, open_study, ranked_trials
 
     search_tasks = world.tasks["search"]
-    objective = {"tasks": [{"name": search_tasks[s], "subset": 40} for s in ("zahlen", "artikel")],
-                 "secondary": {"name": "verben", "tasks": [{"name": search_tasks["verben"], "subset": 40}]},
+    task = {s: {"name": search_tasks[s], "subset": 40, "test_task": world.tasks["test"][s], "heldout": 40}
+            for s in search_tasks}
+    objective = {"tasks": [task["zahlen"], task["artikel"]],
+                 "secondary": {"name": "verben", "tasks": [task["verben"]]},
                  "constraints": [{"objective": "verben", "min": 0.5}]}
     cfg = load_run_config(write_config(world, tmp_path / "cfg.yaml", objective=objective, sampler="nsgaii"))
     run = tmp_path / "run"
@@ -264,6 +266,12 @@ def test_constrained_two_objective_search_ranks_feasible_trials_first(world, ray
     assert top[0].number == best_feasible.number
     _stage_export(cfg, run, str(tmp_path / "cfg.yaml"), None)
     assert json.loads((run / "best.json").read_text())["trial"] == best_feasible.number
+    run_evaluate(str(tmp_path / "cfg.yaml"), out=str(tmp_path / "eval"), run=str(run), top_k=1, log=lambda m: None)
+    held = json.loads((tmp_path / "eval" / "heldout.json").read_text())["models"][f"trial:{best_feasible.number}"]
+    # re-merged from its recipe and seed, the trial scores what it scored in the search, on both objectives
+    assert (held["search_avg"], held["secondary_avg"]) == pytest.approx(tuple(best_feasible.values))
+    assert held["secondary_test_avg"] is not None
+    assert "| **secondary average** |" in (tmp_path / "eval" / "heldout.md").read_text()
 
 
 def test_killed_driver_resumes(world, cluster, tmp_path, kill_when):
