@@ -1,6 +1,7 @@
-"""Items/s of objective scoring at batch size 1 vs the configured batch size, on the demo world (CPU).
+"""Items/s of objective scoring at batch size 1 vs the configured batch size, on the demo world.
 
     .venv/bin/python bench/eval_bench.py [--config configs/demo.yaml] [--items 100]
+    .venv/bin/python bench/eval_bench.py --device cuda      # on a GPU host (bfloat16 there)
 
 Both runs score the same resident model on the same fixed documents (the first ``--items`` of each task's
 search subset), one after the other in this process; goal: configured batch >= 4x the items/s of batch 1.
@@ -29,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="alternating timed runs per batch size (best kept)")
     ap.add_argument("--width", type=int, default=0, help="hidden size of a random Mistral (0: the demo base)")
     ap.add_argument("--layers", type=int, default=8, help="layers of the random Mistral (with --width)")
+    ap.add_argument("--device", default="cpu", help="cpu (float32) or cuda[:N] (bfloat16)")
     args = ap.parse_args()
     cfg = load_run_config(args.config)
     ensure_world(cfg, quiet=True)
@@ -39,8 +41,11 @@ def main() -> None:
         model = new_model(model_config(tok, hidden=args.width, layers=args.layers), seed=0).eval()
     else:
         model = AutoModelForCausalLM.from_pretrained(cfg.space.base_model, dtype=torch.float32).eval()
+    if args.device.startswith("cuda"):
+        model = model.to(device=args.device, dtype=torch.bfloat16)
     kind = f"random, width {args.width}, {args.layers} layers" if args.width else "demo base"
-    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({kind})")
+    print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({kind}) on "
+          f"{args.device}, {model.dtype}")
     sizes = (1, cfg.objective.batch_size)
     objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "stages": [args.items]}))
             for bs in sizes}

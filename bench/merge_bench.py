@@ -6,6 +6,7 @@ fly (three "fine-tunes" = base + small noise; ``--size`` in billions of paramete
 bytes read+written per second against a measured memcpy bandwidth.
 
     .venv/bin/python bench/merge_bench.py --world results/demo-world --size 0.3
+    .venv/bin/python bench/merge_bench.py --device cuda --size 0.5     # on a GPU host: both paths on the GPU
 """
 
 from __future__ import annotations
@@ -82,14 +83,20 @@ def random_world(root: Path, size_b: float, dtype: torch.dtype) -> tuple[str, li
     return str(root / "base"), experts
 
 
-def bench(label: str, base: str, experts: list[str], dtype: str, repeats: int, tmp: Path, bw: float) -> None:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench(label: str, base: str, experts: list[str], dtype: str, repeats: int, tmp: Path, bw: float,
+          device: str = "cpu") -> None:
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
     from transformers import AutoModelForCausalLM
 
     rec = recipe(base, experts, dtype)
-    merger = ResidentMerger(base, experts, dtype=dtype)
+    merger = ResidentMerger(base, experts, dtype=dtype, device=device)
     merger.merge(rec, seed=0, compute_hash=False)  # warm-up (page cache, lazy imports)
     t_mem, t_disk = [], []
     for r in range(repeats):
@@ -99,8 +106,9 @@ def bench(label: str, base: str, experts: list[str], dtype: str, repeats: int, t
         out = tmp / f"{label}-disk-{r}"
         t0 = time.perf_counter()
         run_merge(MergeConfiguration.model_validate(rec), str(out),
-                  MergeOptions(random_seed=r, quiet=True, copy_tokenizer=True))
-        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+                  MergeOptions(random_seed=r, quiet=True, copy_tokenizer=True, cuda=device.startswith("cuda")))
+        reloaded = AutoModelForCausalLM.from_pretrained(out, dtype="auto").to(device)
+        _sync(device)
         t_disk.append(time.perf_counter() - t0)
         h_disk = weights_sha256(reloaded)
         assert h_disk == h_mem == hash_model_dir(out), f"{label}: hashes differ (seed {r})"
@@ -108,7 +116,7 @@ def bench(label: str, base: str, experts: list[str], dtype: str, repeats: int, t
     a, b = min(t_mem), min(t_disk)
     size = model_bytes(base)
     read = 4 * size
-    print(f"[{label}] model {size / 1e6:.1f} MB, {repeats} candidate(s), identical hashes: yes")
+    print(f"[{label}] model {size / 1e6:.1f} MB on {device}, {repeats} candidate(s), identical hashes: yes")
     print(f"  (a) in-memory merge   {a:8.3f} s/candidate   {(read + size) / a / GB:6.2f} GB/s read+written")
     print(f"  (b) run_merge+reload  {b:8.3f} s/candidate   {(read + 2 * size) / b / GB:6.2f} GB/s read+written")
     print(f"  speed-up (b)/(a)      {b / a:8.2f}x          memcpy {bw:.2f} GB/s")
@@ -121,6 +129,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", help="merge dtype for both paths")
     ap.add_argument("--repeats", type=int, default=3, help="candidates per path on the demo world")
     ap.add_argument("--big-repeats", type=int, default=1, help="candidates per path on the random model")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]: where both paths merge (and reload)")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     bw = memcpy_gbps()
@@ -132,10 +141,10 @@ def main() -> None:
 
             w = load_manifest(world)
             bench("demo world", str(w.base), [str(p) for p in w.experts.values()], args.dtype,
-                  args.repeats, tmp, bw)
+                  args.repeats, tmp, bw, args.device)
         if args.size > 0:
             base, experts = random_world(tmp / "random", args.size, getattr(torch, args.dtype))
-            bench(f"random {args.size}B", base, experts, args.dtype, args.big_repeats, tmp, bw)
+            bench(f"random {args.size}B", base, experts, args.dtype, args.big_repeats, tmp, bw, args.device)
 
 
 if __name__ == "__main__":
