@@ -26,7 +26,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from objectives.schema import Strict
+from objectives.schema import ConfigProblems, Strict
 
 __all__ = ["Constraint", "ObjectiveConfig", "ScoreSpec", "SecondaryObjective", "Size", "TaskSpec"]
 
@@ -164,7 +164,7 @@ class ObjectiveConfig(ScoreSpec):
                 problems.append(f"constraints[{i}].objective: {c.objective!r} is neither 'primary', the "
                                 f"secondary objective's name nor a task; known: {sorted(known)}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
 
     def all_tasks(self) -> list[TaskSpec]:

@@ -12,7 +12,7 @@ import yaml
 
 from objectives.errors import UserError
 
-__all__ = ["Strict", "format_validation_error", "load_json", "load_yaml", "validate"]
+__all__ = ["ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "validate"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -23,17 +23,26 @@ class Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
+class ConfigProblems(ValueError):
+    """Raised by a model validator that found several problems at once; each is counted and shown."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("; ".join(problems))
+        self.problems = list(problems)
+
+
 def format_validation_error(err: pydantic.ValidationError, source: str) -> str:
     """Every problem of one validation, one per ``; ``-separated item, each naming its field path."""
     items = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
+        msgs = [e["msg"]]
         if e["type"] == "extra_forbidden":
-            msg = "unknown field (check the spelling; see the config reference in README)"
+            msgs = ["unknown field (check the spelling; see the config reference in README)"]
         elif e["type"] == "value_error":  # our validators' own messages, without pydantic's "Value error, "
-            msg = str(e.get("ctx", {}).get("error", msg))
-        items.append(f"{loc}: {msg}" if loc else msg)  # cross-section checks name their fields themselves
+            error = e.get("ctx", {}).get("error")
+            msgs = error.problems if isinstance(error, ConfigProblems) else [str(error or e["msg"])]
+        items += [f"{loc}: {m}" if loc else m for m in msgs]  # cross-section checks name their fields themselves
     return f"{source}: {len(items)} config error(s): " + "; ".join(items)
 
 

@@ -27,7 +27,7 @@ import yaml
 from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
 from objectives.mtbench.config import MTBenchConfig
-from objectives.schema import Strict, load_yaml, validate
+from objectives.schema import ConfigProblems, Strict, load_yaml, validate
 from search.dpo import DPOStageConfig
 from search.space import Choice, Range, SpaceConfig, method_parameters, recipe_dict
 from search.study import SearchConfig, check_sampler
@@ -86,7 +86,7 @@ class RunConfig(Strict):
         problems = check_sampler(self.search.sampler, n_objectives=2 if self.objective.secondary else 1,
                                  constrained=bool(self.objective.constraints))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
 
 

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 import pydantic
 
 from objectives.errors import UserError
-from objectives.schema import Strict
+from objectives.schema import ConfigProblems, Strict
 
 __all__ = [
     "DEFAULT_RANGES",
@@ -160,7 +160,7 @@ class SpaceConfig(Strict):
         if len(set(self.filters)) != len(self.filters):
             problems.append(f"filters: each filter must appear once, but got {self.filters}")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
 
     @cached_property

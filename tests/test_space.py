@@ -118,6 +118,17 @@ def test_bad_spaces_are_one_line_user_errors(over, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
+def test_every_problem_of_a_space_is_reported_and_counted_at_once():
+    with pytest.raises(UserError) as err:
+        space(models=[{"model": "a/x", "parameters": {"desnity": 0.5}}, {"model": "b/y", "parameters": {"density": 1.5}}],
+              parameters={"int8_mask": {"low": 0, "high": 1}}, filters=["mlp", "mlp"])
+    msg = str(err.value)
+    assert "4 config error(s)" in msg and "\n" not in msg
+    for needle in ("did you mean 'density'", "0 <= density <= 1", "boolean, so it cannot be a range",
+                   "each filter must appear once"):
+        assert needle in msg
+
+
 def test_recipes_that_do_not_fit_the_space_are_rejected():
     recipe = yaml.safe_load((RECIPES / "discophoenix.yaml").read_text())
     narrow = space(models=[{"model": "DiscoResearch/DiscoLM_German_7b_v1", "name": "disco",
