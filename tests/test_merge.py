@@ -77,6 +77,21 @@ def test_in_memory_merge_equals_stock_mergekit_yaml(world, merger, tmp_path, nam
     assert stock_hash(rec, tmp_path / "stock", seed) == res.weights_sha256, name
 
 
+def test_layer_grouped_filtered_candidate_equals_stock_mergekit_yaml(world, merger, tmp_path):
+    """A trial of a space with layer_groups (gradient lists) and filters, exported as its YAML recipe."""
+    from search.space import recipe_yaml
+
+    sp = validate(SpaceConfig, {
+        "base_model": str(world.base), "models": [{"model": str(p), "name": s} for s, p in world.experts.items()],
+        "dtype": "float32", "parameters": {"int8_mask": True}, "layer_groups": 2, "filters": ["self_attn", "mlp"]},
+        "space")
+    params = {s.name: round(0.2 + 0.7 * ((i * 37) % 11) / 10, 3) for i, s in enumerate(sp.searched)}
+    rec = yaml.safe_load(recipe_yaml(to_merge_config(sp, params)))
+    assert isinstance(rec["models"][1]["parameters"]["density"], list)  # per filter, per layer group
+    res = merger.merge(rec, seed=6)
+    assert stock_hash(rec, tmp_path / "stock", 6) == res.weights_sha256
+
+
 def test_tied_embeddings_hash_as_stock_mergekit_and_save_pretrained_write_them(world, tmp_path):
     """With tie_word_embeddings one storage has two names in the state dict but one in every saved file."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
