@@ -18,17 +18,18 @@ the first ``k`` ids of the search subset, so stages are nested and every trial s
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from objectives.config import ObjectiveConfig, ScoreSpec, Size, TaskSpec
+from objectives.config import Constraint, ObjectiveConfig, ScoreSpec, Size, TaskSpec
 from objectives.errors import UserError
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
 
-__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "produced_metrics"]
+__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "constraint_values", "produced_metrics"]
 
 Split = Literal["search", "test"]
 
@@ -170,6 +171,27 @@ def aggregate(spec: ScoreSpec, scores: dict[str, float]) -> float:
     ref = spec.reference if spec.aggregate == "expert_relative" else None
     total = sum(t.weight for t in spec.tasks)
     return sum(t.weight * scores[t.name] / (ref[t.name] if ref else 1.0) for t in spec.tasks) / total
+
+
+def _bounded_value(config: ObjectiveConfig, c: Constraint, primary: float, secondary: float | None,
+                   scores: dict[str, float]) -> float | None:
+    """The score constraint ``c`` bounds: the primary, the secondary objective's or one task's (None: not
+    evaluated)."""
+    sec_name = config.secondary.name if config.secondary else None
+    return primary if c.objective == "primary" else secondary if c.objective == sec_name else scores.get(c.objective)
+
+
+def constraint_values(config: ObjectiveConfig, res: StageResult) -> dict[str, float]:
+    """Optuna constraint values (``<= 0`` is feasible) of ``config.constraints`` for ``res``, keyed
+    ``"<index>:<objective>"``: how far the score lies outside ``[min, max]`` (negative: inside, by that much).
+    Constraints on a score not evaluated at this stage are left out."""
+    out = {}
+    for i, c in enumerate(config.constraints):
+        v = _bounded_value(config, c, res.score, res.secondary, res.tasks)
+        if v is not None:
+            out[f"{i}:{c.objective}"] = max(c.min - v if c.min is not None else -math.inf,
+                                            v - c.max if c.max is not None else -math.inf)
+    return out
 
 
 # --- the objective ----------------------------------------------------------------------------------------
@@ -329,9 +351,7 @@ class Objective:
     def _violations(self, primary: float, secondary: float | None, scores: dict[str, float]) -> list[str]:
         out = []
         for c in self.config.constraints:
-            sec_name = self.config.secondary.name if self.config.secondary else None
-            v = primary if c.objective == "primary" else secondary if c.objective == sec_name \
-                else scores.get(c.objective)
+            v = _bounded_value(self.config, c, primary, secondary, scores)
             if v is None:
                 continue
             if c.min is not None and v < c.min:

@@ -495,6 +495,7 @@ class MergeEvalWorker:
     def run_stage(self, trial_number: int, params: dict, seed: int, stage: int) -> dict:
 
         from objectives.lmeval import make_lm
+        from objectives.objective import constraint_values
         from search.space import to_merge_config
 
         attrs: dict[str, Any] = {}
@@ -519,17 +520,3 @@ class MergeEvalWorker:
         return {"value": value, "items": res.items, "attrs": attrs,
                 "constraints": constraint_values(self.config.objective, res)}
 
-
-def constraint_values(objective_cfg: Any, res: Any) -> dict[str, float]:
-    """Optuna constraint values (``<= 0`` is feasible) of the objective's constraints, keyed
-    ``"<index>:<objective>"``: how far the score lies outside ``[min, max]`` (negative: inside, by that much)."""
-    out = {}
-    sec = objective_cfg.secondary.name if objective_cfg.secondary else None
-    for i, c in enumerate(objective_cfg.constraints):
-        v = res.score if c.objective == "primary" else res.secondary if c.objective == sec \
-            else res.tasks.get(c.objective)
-        if v is None:  # not evaluated at this stage
-            continue
-        out[f"{i}:{c.objective}"] = max(c.min - v if c.min is not None else -math.inf,
-                                        v - c.max if c.max is not None else -math.inf)
-    return out

@@ -99,11 +99,8 @@ def evaluate_candidates(objective, candidates: list[Candidate], *, log=print) ->
             "n": search.n, "n_test": test.n if test else {},
         }
         if cfg.secondary:  # averaged over the secondary objective's tasks, weighted as in the objective
-            sec_tasks = [t.name for t in cfg.secondary.tasks]
-            models[c.name].update(
-                secondary_avg=search.secondary,
-                secondary_test_avg=aggregate(cfg.secondary, test_tasks) if all(
-                    t in test_tasks for t in sec_tasks) else None)
+            models[c.name].update(secondary_avg=search.secondary,
+                                  secondary_test_avg=test.secondary if test else None)
         log(f"  search {search.score:.4f}" + (f"  held-out {test_avg:.4f}" if test_avg is not None else "")
             + (f"  ({cfg.secondary.name}: search {_fmt(search.secondary)})" if cfg.secondary else ""))
     return {"models": models, "subsets": objective.record()}
