@@ -22,7 +22,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 def main() -> None:
     from objectives.objective import Objective
-    from search.config import ensure_world, load_run_config
+    from search.config import load_run_config
+    from search.stages.world import ensure_world
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")

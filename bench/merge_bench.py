@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search.hashing import hash_model_dir, weights_sha256
+from search.merge import hash_model_dir, weights_sha256
 from search.merge import ResidentMerger
 
 GB = 1e9

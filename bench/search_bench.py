@@ -29,7 +29,7 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.driver import Driver, SimulatedWorker, _Actor, init_ray, trial_seed
+from search.driver import Driver, SimulatedWorker, TrialActor, init_ray, trial_seed
 
 
 def suggest(trial):
@@ -48,7 +48,7 @@ def run_sync(args, factory) -> tuple[float, float]:
     import ray
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
-    cls = ray.remote(_Actor).options(num_cpus=args.cpus, max_restarts=0, max_task_retries=0)
+    cls = ray.remote(TrialActor).options(num_cpus=args.cpus, max_restarts=0, max_task_retries=0)
     actors = [cls.remote(factory) for _ in range(args.workers)]
     ray.get([a.setup.remote() for a in actors])
     busy, t0, done = 0.0, time.perf_counter(), 0
@@ -56,8 +56,8 @@ def run_sync(args, factory) -> tuple[float, float]:
         trials = [study.ask() for _ in range(min(args.workers, args.trials - done))]
         refs = [a.run_stage.remote(t.number, suggest(t), trial_seed(0, t.number), 0) for a, t in zip(actors, trials)]
         for t, out in zip(trials, ray.get(refs)):
-            busy += out["busy_seconds"]
-            study.tell(t, out["value"])
+            busy += out.busy_seconds
+            study.tell(t, out.value)
         done += len(trials)
     wall = time.perf_counter() - t0
     for a in actors:
@@ -87,9 +87,10 @@ def demo_world(args) -> None:
 
         summary = json.loads((out / name / "summary.json").read_text())
         # the winner's held-out (test split) score: re-merged from its recipe + seed, hash-checked
-        from search.evaluate import run_evaluate
+        from search.config import load_run_config
+        from search.stages.heldout import evaluate_models
 
-        run_evaluate(str(cfg), out=str(out / name), run=str(out / name), top_k=1, log=lambda m: None)
+        evaluate_models(load_run_config(cfg), out / name, run=out / name, top_k=1, log=lambda m: None)
         models = json.loads((out / name / "heldout.json").read_text())["models"]
         test = next(m["test_avg"] for m in models.values() if m["trial"] == summary["best_number"])
         rows.append((name, trials, summary["best_value"], test, summary["items"]))

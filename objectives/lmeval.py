@@ -63,7 +63,7 @@ def run_tasks(lm, tasks: list, samples: dict[str, list[int]] | None, *, task_man
     reset on every call, so two calls on the same model and documents give the same numbers; ``num_fewshot``
     from the task, else 0), then ``lm_eval.evaluator.evaluate``. ``simple_evaluate`` itself also collects
     environment information on every call (``pip list``, ``git``, ... in subprocesses: about 0.2 s, a
-    fifth of a demo trial); ``tests/test_objectives.py`` checks both give identical results.
+    fifth of a demo trial); ``tests/objectives/test_objective.py`` checks both give identical results.
     Returns ``evaluate``'s dict (``results``, ``samples`` when ``log_samples``, ...).
     """
     import random

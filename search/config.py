@@ -6,14 +6,15 @@
     seed: 0
     device: auto               # cpu | cuda | auto (cuda when torch sees one); resolved when loaded
     world: {path: results/demo-world, seed: 0}   # optional: the offline demo world, built when missing
-    space: {...}               # search.space.SpaceConfig
+    space: {...}               # search.merge.space.SpaceConfig
     objective: {...}           # objectives.config.ObjectiveConfig
     recipes: [hand.yaml]       # hand recipes (paths or inline mergekit configs); default: the seed recipe
 
 Relative paths (models, include paths, recipe files, the world) are relative to the working directory:
 run the commands from the repository root. :func:`load_run_config` validates the file (every problem in one
 error), resolves ``device: auto`` and fills in the default recipe; :func:`save_run_config` writes that
-resolved config, which loads back to the same object.
+resolved config, which loads back to the same object. A config that names a ``world`` gets it built by
+:func:`search.stages.world.ensure_world` (the caller's choice, never a side effect of loading).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
 from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import ConfigProblems, Strict, load_yaml, validate
-from search.dpo import DPOStageConfig
-from search.space import Choice, Range, SpaceConfig, method_parameters, recipe_dict
-from search.study import SearchConfig, check_sampler
+from search.driver.study import SearchConfig, check_sampler
+from search.merge.mergekit_compat import method_parameters
+from search.merge.recipe import recipe_dict
+from search.merge.space import Choice, Range, SpaceConfig
+from search.stages.dpo_config import DPOStageConfig
 
 __all__ = [
     "SEED_DENSITY",
@@ -38,7 +41,6 @@ __all__ = [
     "PipelineConfig",
     "RunConfig",
     "WorldConfig",
-    "ensure_world",
     "load_run_config",
     "resolve_device",
     "save_run_config",
@@ -52,7 +54,8 @@ SEED_WEIGHTS = (0.3, 0.3, 0.4)
 
 
 class WorldConfig(Strict):
-    """The offline demo world (``demoworld.build.build_world``): built into ``path`` when missing."""
+    """The offline demo world (``demoworld.build.build_world``): built into ``path`` when missing
+    (:func:`search.stages.world.ensure_world`)."""
 
     path: Path = Path("results/demo-world")
     seed: int = 0
@@ -76,8 +79,8 @@ class RunConfig(Strict):
     objective: ObjectiveConfig
     # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
     recipes: list[str | dict[str, Any]] | None = None
-    dpo: DPOStageConfig = DPOStageConfig()  # the DPO stage (search.dpo): `merge-search dpo CONFIG`
-    search: SearchConfig = SearchConfig()  # the search (search.study): `merge-search search CONFIG`
+    dpo: DPOStageConfig = DPOStageConfig()  # the DPO stage (search.stages.dpo): `merge-search dpo CONFIG`
+    search: SearchConfig = SearchConfig()  # the search (search.driver.study): `merge-search search CONFIG`
     mtbench: MTBenchConfig = MTBenchConfig()  # MT-Bench-de (objectives.mtbench): `merge-search mtbench run`
     pipeline: PipelineConfig = PipelineConfig()  # `merge-search run CONFIG`: all stages in order
 
@@ -131,8 +134,8 @@ def seed_recipe(space: SpaceConfig) -> dict[str, Any]:
 def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:
     """Validate the YAML at ``path`` (all problems in one :class:`UserError`).
 
-    With ``resolve`` (default), ``device: auto`` becomes the actual device and a missing ``recipes`` the
-    seed recipe; recipe paths must exist.
+    With ``resolve`` (default), ``device: auto`` becomes the actual device (``dpo.device: auto`` follows it)
+    and a missing ``recipes`` the seed recipe; recipe paths must exist.
     """
     data = load_yaml(path)
     if not isinstance(data, dict):
@@ -145,7 +148,10 @@ def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:
     if missing:
         raise UserError(f"{path}: recipes: file(s) {missing} do not exist: give mergekit YAML paths relative to "
                         "the working directory (or inline configs)")
-    update: dict[str, Any] = {"device": resolve_device(cfg.device)}
+    device = resolve_device(cfg.device)
+    update: dict[str, Any] = {"device": device}
+    if cfg.dpo.device == "auto":  # the DPO stage follows the run's device unless it names its own
+        update["dpo"] = cfg.dpo.model_copy(update={"device": device})
     if cfg.recipes is None:
         update["recipes"] = [seed_recipe(cfg.space)]
     return cfg.model_copy(update=update)
@@ -158,12 +164,3 @@ def save_run_config(cfg: RunConfig, path: str | Path) -> Path:
     data = cfg.model_dump(mode="json")
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path
-
-
-def ensure_world(cfg: RunConfig, *, quiet: bool = False):
-    """Build the config's demo world when it is missing (a quick no-op when complete); None without one."""
-    if cfg.world is None:
-        return None
-    from demoworld.build import build_world
-
-    return build_world(cfg.world.path, seed=cfg.world.seed, quiet=quiet)

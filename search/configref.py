@@ -1,11 +1,10 @@
 """The run-config reference, generated from the schema (``merge-search config-reference``).
 
-README's config reference is this output; ``tests/test_configref.py`` fails when they drift apart.
+``docs/config-reference.md`` is this output; ``tests/test_configref.py`` fails when they drift apart.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import inspect
 import json
@@ -17,7 +16,9 @@ from typing import Any
 import pydantic
 from pydantic_core import PydanticUndefined
 
-__all__ = ["config_reference", "register"]
+from search.config import RunConfig
+
+__all__ = ["config_reference"]
 
 
 def _type_name(tp: Any) -> str:
@@ -94,18 +95,5 @@ def _rows(model: type[pydantic.BaseModel], prefix: str, seen: set) -> list[str]:
 
 def config_reference() -> str:
     """Markdown table of every run-config key (dotted path, type, default, description)."""
-    from search.config import RunConfig
-
     head = ["| key | type | default | description |", "|---|---|---|---|"]
     return "\n".join(head + _rows(RunConfig, "", set())) + "\n"
-
-
-def _cmd(args: argparse.Namespace) -> int:
-    print(config_reference(), end="")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("config-reference", help="print every run-config key with type and default",
-                              description="Print the run-config reference (Markdown), generated from the schema.")
-    p.set_defaults(func=_cmd)

@@ -38,13 +38,13 @@ def test_config_validates(path, world, monkeypatch):
         assert MergeConfiguration.model_validate(data).merge_method
     elif k == "dpo":
         from objectives.schema import validate
-        from search.dpo import DPOStageConfig
+        from search.stages.dpo_config import DPOStageConfig
 
         validate(DPOStageConfig, data["dpo"], str(path))
     else:
         from objectives.objective import check_config
         from search.config import load_run_config
-        from search.space import params_from_recipe
+        from search.merge import params_from_recipe
 
         cfg = load_run_config(path)
         assert path.read_text(encoding="utf-8").startswith("#"), "a run config starts with a how-to-run header"

@@ -21,7 +21,11 @@ from objectives.mtbench.prompts import builtin_prompts, load_prompts
 from objectives.mtbench.questions import load_questions
 from objectives.mtbench.scores import compute_scores
 
-__all__ = ["run_mtbench", "write_json"]
+__all__ = ["ANSWERS_FILE", "REPLIES_FILE", "SCORES_FILE", "run_mtbench", "write_json"]
+
+ANSWERS_FILE = "answers.jsonl"
+REPLIES_FILE = "judge-replies.json"
+SCORES_FILE = "scores.json"
 
 log = logging.getLogger("merge_search.mtbench")
 
@@ -46,7 +50,7 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
         fingerprint = getattr(model, "fingerprint", None)
         cache = ReplyCache(out / "cache" / "answers.jsonl", fingerprint) if fingerprint else None
         answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers", cache=cache)
-        write_answers(out / "answers.jsonl", answers, model_id)
+        write_answers(out / ANSWERS_FILE, answers, model_id)
     else:
         answers = read_answers(answers_path)
     missing = [q.question_id for q in questions if q.question_id not in answers]
@@ -54,7 +58,7 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
         log.warning("%d question(s) have no answer and are not judged: %s", len(missing), missing[:10])
     replies = judge_answers(judge, questions, answers, prompts,
                             cache=ReplyCache(out / "cache" / "judgments.jsonl", judge_scope(cfg.judge)))
-    write_json(out / "judge-replies.json", replies)
+    write_json(out / REPLIES_FILE, replies)
     scores = compute_scores(replies, questions)
-    write_json(out / "scores.json", scores)
+    write_json(out / SCORES_FILE, scores)
     return scores

@@ -1,0 +1,69 @@
+"""``merge-search dpo CONFIG [--model DIR | --recipe FILE.yaml] [--out DIR]``: the DPO stage on its own."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from objectives.errors import UserError
+from search.merge import record_of, remerge
+from search.rundir import DPOOutputs
+from search.stages.dpo import load_dpo_config, require_data, run_dpo
+
+__all__ = ["register"]
+
+
+def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int) -> Path:
+    """The DPO base: ``--recipe`` re-merged into ``OUT/base`` (hash-checked with ``--weights-sha256``), else
+    ``--model`` or ``dpo.model``."""
+    if args.recipe:
+        seed = args.seed if args.seed is not None else run_seed
+        record = record_of(args.recipe, seed=seed, device=args.merge_device, threads=args.merge_threads,
+                           weights_sha256=args.weights_sha256)
+        res = remerge(record, out=out.base)
+        print(f"re-merged {args.recipe} (seed {seed}) -> {out.base} weights_sha256 {res.weights_sha256}")
+        return out.base
+    if args.model or cfg.model:
+        return Path(args.model or cfg.model)
+    raise UserError("no DPO base model: pass --model DIR, --recipe FILE.yaml, or set dpo.model in the config")
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg, run_seed = load_dpo_config(args.config)
+    require_data(cfg)
+    out = DPOOutputs(Path(args.out or cfg.output_dir))
+    if out.metrics.exists():
+        raise UserError(f"--out {str(out.root)!r} already holds a DPO run ({out.metrics.name}): give a new folder")
+    metrics = run_dpo(cfg, _base(args, cfg, out, run_seed), out.root)
+    b, a = metrics["heldout_before"], metrics["heldout_after"]
+    print(f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f} "
+          f"(margin {b['reward_margin']:.2f} -> {a['reward_margin']:.2f} nats, n={a['n']})")
+    print(f"DPO train loss {metrics['train']['loss']:.4f}, implicit-reward accuracy "
+          f"{metrics['train']['reward_accuracy']:.3f}; outputs in {out.root}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "dpo",
+        help="(Q)LoRA DPO of a merged model on German preference data (trl + peft)",
+        description="DPO-train a base model with LoRA (QLoRA 4-bit NF4 on CUDA, unquantized LoRA on CPU) on "
+                    "preference pairs (system/question/chosen/rejected or prompt/chosen/rejected; JSON, JSONL, "
+                    "parquet or a Hugging Face dataset id). Writes OUT/adapter, OUT/model (merged full model + "
+                    "tokenizer), OUT/metrics.json (held-out preference accuracy before/after, train loss, "
+                    "implicit-reward accuracy), OUT/loss.png and OUT/config.yaml. Settings: the `dpo:` section of "
+                    "CONFIG (see configs/dpo-demo.yaml; defaults are the seed's LLaMA-Factory run).",
+    )
+    p.add_argument("config", help="run config YAML with a `dpo:` section (or a YAML with only `dpo:`)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="base model folder (a saved Hugging Face model); default: dpo.model")
+    src.add_argument("--recipe", help="mergekit YAML recipe: re-merged into OUT/base first")
+    p.add_argument("--seed", type=int, default=None, help="merge seed for --recipe (default: the run config's seed)")
+    p.add_argument("--merge-device", default="cpu", help="device of the --recipe re-merge; DARE masks depend on "
+                                                         "it (default cpu)")
+    p.add_argument("--merge-threads", type=int, default=None,
+                   help="torch CPU threads of the --recipe re-merge: pass the trial's merge_threads so a CPU merge "
+                        "reproduces its weights_sha256 (default: torch's current count)")
+    p.add_argument("--weights-sha256", help="expected weights_sha256 of the --recipe re-merge (from the trial)")
+    p.add_argument("--out", help="output folder (default: dpo.output_dir)")
+    p.set_defaults(func=_run)

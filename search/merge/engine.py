@@ -1,0 +1,247 @@
+"""In-memory merging: one resident model, updated in place by mergekit's own planner and merge methods.
+
+A :class:`ResidentMerger` opens the source models once (mergekit's loader cache), checks that they share
+one architecture and one set of tensor shapes, and keeps one merged ``PreTrainedModel`` resident on its
+device. :meth:`ResidentMerger.merge` reseeds torch (exactly as ``mergekit-yaml --random-seed N`` does),
+plans the given :class:`~mergekit.config.MergeConfiguration` with mergekit's planner, executes the
+per-tensor merge tasks with mergekit's ``Executor`` and copies every result into the resident weights. The
+weights are bit-identical to what stock ``mergekit-yaml RECIPE OUT --random-seed N`` writes on the same
+device (``tests/merge/test_engine.py`` checks this through the real executable). Every use of mergekit goes
+through :mod:`search.merge.mergekit_compat`; saving and re-merging recorded trials is
+:mod:`search.merge.export`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from objectives.errors import UserError
+from search.merge import mergekit_compat as mk
+from search.merge.hashing import weights_sha256
+
+__all__ = ["MergeError", "MergeResult", "ResidentMerger", "reseed"]
+
+class MergeError(RuntimeError):
+    """One candidate could not be merged (e.g. a NaN/inf tensor); the merger stays usable for the next."""
+
+
+@dataclass
+class MergeResult:
+    """A finished merge: ``model`` is the resident model (its weights are overwritten by the next merge)."""
+
+    model: Any  # transformers.PreTrainedModel
+    tokenizer: Any
+    weights_sha256: str | None
+    seconds: float
+    seed: int
+    device: str
+    merge_config: Any  # the recipe as given (a copy; mergekit never sees this object)
+    threads: int  # torch CPU threads the merge math ran with (CPU reductions depend on it)
+
+
+def reseed(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) exactly as ``mergekit-yaml --random-seed`` does."""
+    import transformers
+
+    transformers.trainer_utils.set_seed(seed)
+
+
+class ResidentMerger:
+    """Loads the source models once and merges each candidate into one resident model.
+
+    ``dtype`` is the resident model's dtype (default: the base model's stored dtype); a recipe whose
+    ``out_dtype``/``dtype`` differs converts the resident model first. ``device`` is where the merge math
+    runs and where the model lives (``cpu`` or ``cuda``); DARE masks depend on it, so an export must use the
+    same device as the scored trial.
+
+    ``cache_sources`` keeps every source tensor that mergekit loads resident on ``device`` after the first
+    merge (mergekit's ``Executor(cached_values=...)``), so later candidates read no weights at all: memory is
+    the sum of the source models on that device. Off, each merge re-reads the tensors (from the page cache
+    after the first). The weights are bit-identical either way (tested). A cached tensor that a merge method
+    modified in place (its version counter moved) is re-read from a freshly opened file before the next merge
+    (on CPU mergekit's loader hands out views of one memory map, so the edit would otherwise persist).
+    """
+
+    def __init__(self, base_model: str, models: Sequence[str], *, device: str = "cpu",
+                 dtype: str | None = None, tokenizer_source: str | None = None,
+                 trust_remote_code: bool = False, cache_sources: bool = True):
+        import torch
+        import transformers
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device={device!r} but torch sees no CUDA device: use --device cpu")
+        self.device = device
+        self.options = mk.merge_options(device, trust_remote_code)
+        self.base_model = str(base_model)
+        self.models = list(dict.fromkeys([self.base_model, *map(str, models)]))
+        self._refs = {m: mk.model_ref(m) for m in self.models}
+        for m, ref in self._refs.items():
+            if (m.startswith((".", "/", "~")) or m.count("/") != 1) and not Path(m).expanduser().exists():
+                raise UserError(f"model folder {m!r} does not exist: pass an existing model folder or a hub id "
+                                "(owner/name)")
+            try:
+                mk.open_model(ref, self.options)  # open every source once (kept open)
+            except Exception as err:  # noqa: BLE001 -- hub offline, no weights, bad repo: all user input
+                raise UserError(f"cannot open model {m!r} ({type(err).__name__}: {str(err)[:200]}): pass a local "
+                                "model folder, or a hub id that is downloaded/cached") from None
+        self._check_compatible()
+        self.cache_sources = cache_sources
+        self._sources: dict[Any, tuple[Any, int]] = {}  # LoadTensor task -> (value, tensor version)
+        self._arch: dict[frozenset[str], Any] = {}  # referenced models -> mergekit ModelArchitecture
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            tokenizer_source or self.base_model, trust_remote_code=trust_remote_code)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            self.base_model, dtype=mk.dtype_of(dtype) or "auto", trust_remote_code=trust_remote_code,
+        ).to(device).eval().requires_grad_(False)
+
+    @classmethod
+    def from_recipe(cls, recipe, *, device: str = "cpu") -> ResidentMerger:
+        """A merger for every model a recipe references (its base, dtype and tokenizer source)."""
+        config = mk.load_recipe(recipe)
+        refs = [str(r) for r in config.referenced_models()]
+        base = str(config.base_model) if config.base_model else refs[0]
+        tok = config.tokenizer_source
+        tok = str(tok) if isinstance(tok, str) and tok not in ("base", "union") else None
+        return cls(base, refs, device=device, dtype=config.out_dtype or config.dtype, tokenizer_source=tok,
+                   cache_sources=False)  # one merge: nothing to reuse
+
+    @classmethod
+    def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
+        """A merger for every model of a :class:`search.space.SpaceConfig`."""
+        return cls(space.base_model, [m.model for m in space.models], device=device,
+                   dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source,
+                   cache_sources=space.cache_sources)
+
+    def _check_compatible(self) -> None:
+        """Same architecture and tensor shapes for every source, or a :class:`UserError` (before merging)."""
+        base = self._refs[self.base_model]
+        arch = base.config(trust_remote_code=self.options.trust_remote_code).architectures
+        base_shapes = mk.tensor_shapes(base)
+        for m, ref in self._refs.items():
+            other = ref.config(trust_remote_code=self.options.trust_remote_code).architectures
+            if other != arch:
+                raise UserError(f"model {m!r} has architecture {other} but the base model {self.base_model!r} "
+                                f"has {arch}: merge only models of one architecture")
+            shapes = mk.tensor_shapes(ref)
+            if base_shapes is None or shapes is None or ref is base:
+                continue
+            diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
+            if diff:
+                n = diff[0]
+                raise UserError(f"model {m!r} does not match the base model {self.base_model!r}: tensor {n!r} "
+                                f"has shape {shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) "
+                                "differ): merge only fine-tunes of the same base")
+
+    def _architecture(self, config) -> Any:
+        """mergekit's architecture info for the recipe's models (they are fixed: looked up once per set)."""
+        key = frozenset(str(r) for r in config.referenced_models())
+        if key not in self._arch:
+            self._arch[key] = mk.architecture_info(config, self.options)
+        return self._arch[key]
+
+    def _executor(self, targets: list) -> Any:
+        """mergekit's ``Executor`` for ``targets``; with ``cache_sources`` the loads are served from memory."""
+        return mk.build_executor(targets, self.device, self._source if self.cache_sources else None)
+
+    def _source(self, task) -> Any:
+        """The value of a ``LoadTensor`` task as the executor would store it (loaded once, then kept)."""
+        hit = self._sources.get(task)
+        if hit is not None and (hit[0] is None or hit[0]._version == hit[1]):
+            return hit[0]
+        if hit is not None:  # edited in place; on CPU it shares memory with the loader's mapping: reopen that
+            mk.reopen_model(task.model)
+        value = task.execute()
+        if value is not None:
+            value = value.to(self.device)
+        self._sources[task] = (value, value._version if value is not None else 0)
+        return value
+
+    def merge(self, merge_config, seed: int, *, compute_hash: bool = True, threads: int | None = None) -> MergeResult:
+        """Merge ``merge_config`` with ``seed`` into the resident model (weights updated in place).
+
+        ``threads`` pins torch's CPU thread count for the merge (restored afterwards): on CPU the order of
+        mergekit's reductions, and so the exact bits, depend on it. A re-merge of a recorded trial passes the
+        trial's ``merge_threads``; stock ``mergekit-yaml`` reproduces with ``OMP_NUM_THREADS=<threads>``.
+
+        Raises :class:`MergeError` for a candidate that yields NaN/inf (naming the tensor); the next call
+        overwrites every weight, so the merger stays usable. A model the merger was not built with is a
+        :class:`UserError`.
+        """
+        import torch
+
+        previous = torch.get_num_threads()
+        if threads is not None and threads != previous:
+            torch.set_num_threads(threads)
+        try:
+            return self._merge(merge_config, seed, compute_hash)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _merge(self, merge_config, seed: int, compute_hash: bool) -> MergeResult:
+        import torch
+
+        t0 = time.perf_counter()
+        config = mk.load_recipe(merge_config)  # a deep copy: mergekit's planner mutates what it is given
+        unknown = [str(r) for r in config.referenced_models() if str(r) not in self._refs]
+        if unknown:
+            raise UserError(f"recipe references model(s) {unknown} that this merger did not load "
+                            f"(loaded: {self.models}): build the merger with every model of the space")
+        want = mk.dtype_of(config.out_dtype or config.dtype)
+        if want is not None and want != self.model.dtype:
+            self.model.to(want)
+        targets = self.model.state_dict()
+        tasks = mk.plan_merge_tasks(config, self.options, self.model.config, arch=self._architecture(config))
+        by_task = {task: weight for weight, task in tasks}
+        written: set[str] = set()
+        executor = self._executor(list(by_task))
+        reseed(seed)  # immediately before the first merge task draws from torch's RNG
+        for task, value in executor.run(quiet=True):
+            if _store(by_task[task], value, targets, config):
+                written.add(by_task[task].name)
+        _check_complete(targets, written)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        digest = weights_sha256(self.model) if compute_hash else None
+        return MergeResult(model=self.model, tokenizer=self.tokenizer, weights_sha256=digest,
+                           seconds=time.perf_counter() - t0, seed=seed, device=self.device,
+                           merge_config=mk.load_recipe(merge_config), threads=torch.get_num_threads())
+
+
+
+
+def _store(weight, value, targets: dict, config) -> bool:
+    """Copy one merged tensor into the resident weights (cast, checked); False for a skipped optional one."""
+    import torch
+
+    if value is None:
+        if weight.optional:
+            return False
+        raise MergeError(f"merge produced no value for required tensor {weight.name!r}")
+    cast = mk.dtype_of(weight.force_dtype or config.out_dtype)
+    if cast is not None and value.dtype != cast:
+        value = value.to(cast)
+    if not torch.isfinite(value).all():
+        bad = int((~torch.isfinite(value)).sum())
+        raise MergeError(f"merged tensor {weight.name!r} has {bad} NaN/inf value(s): the candidate "
+                         "is invalid (check weights/lambda/normalize)")
+    dest = targets.get(weight.name)
+    if dest is None:
+        raise MergeError(f"merged tensor {weight.name!r} does not exist in the resident model")
+    if dest.shape != value.shape or dest.dtype != value.dtype:
+        raise MergeError(f"merged tensor {weight.name!r} is {tuple(value.shape)} {value.dtype} but the "
+                         f"resident model has {tuple(dest.shape)} {dest.dtype}")
+    dest.copy_(value)
+    return True
+
+
+def _check_complete(targets: dict, written: set[str]) -> None:
+    """Every tensor of the model was written (tied weights through their alias), or :class:`MergeError`."""
+    shared = {targets[n].data_ptr() for n in written}
+    missing = sorted(n for n in set(targets) - written if targets[n].data_ptr() not in shared)
+    if missing:
+        raise MergeError(f"the merge did not produce {len(missing)} tensor(s) of the model, e.g. "
+                         f"{missing[0]!r}")

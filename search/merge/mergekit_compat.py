@@ -1,0 +1,172 @@
+"""The only code that touches mergekit beyond its documented entry points (mergekit 0.1.5, LGPL-3.0: imported,
+never copied).
+
+Everything the in-memory merge needs from mergekit goes through here: recipe parsing, per-tensor planning
+(:func:`plan_merge_tasks`, a workaround for ``MergePlanner.plan_in_memory``), the loader cache that keeps the
+source files open, architecture lookup and an ``Executor`` whose tensor loads can be served from memory. A
+mergekit upgrade that breaks an assumption breaks one of the tests named below, and only this module changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from objectives.errors import UserError
+from objectives.schema import format_validation_error, load_yaml
+
+__all__ = [
+    "architecture_info",
+    "base_required",
+    "build_executor",
+    "dtype_of",
+    "load_recipe",
+    "merge_options",
+    "method_names",
+    "method_parameters",
+    "model_ref",
+    "open_model",
+    "plan_merge_tasks",
+    "reopen_model",
+    "tensor_shapes",
+]
+
+
+def load_recipe(recipe) -> Any:
+    """A :class:`MergeConfiguration` from a YAML path, a dict or a configuration (never mutated)."""
+    import pydantic
+    from mergekit.config import MergeConfiguration
+
+    if isinstance(recipe, MergeConfiguration):
+        return recipe.model_copy(deep=True)
+    source = "recipe"
+    if isinstance(recipe, (str, Path)):
+        source, recipe = str(recipe), load_yaml(recipe)
+    try:
+        return MergeConfiguration.model_validate(recipe)
+    except pydantic.ValidationError as err:
+        raise UserError(format_validation_error(err, source)) from None
+
+
+def merge_options(device: str, trust_remote_code: bool = False) -> Any:
+    """mergekit's ``MergeOptions`` for an in-memory merge on ``device``."""
+    from mergekit.options import MergeOptions
+
+    return MergeOptions(device=device, trust_remote_code=trust_remote_code, quiet=True)
+
+
+def plan_merge_tasks(merge_config, options, out_model_config, arch=None) -> list:
+    """mergekit's per-tensor merge tasks for ``merge_config`` (a list of ``(WeightInfo, task)``).
+
+    WORKAROUND (mergekit 0.1.5): ``MergePlanner.plan_in_memory()`` raises ``TypeError: Can't instantiate
+    abstract class Task[Tensor]`` (its ``ReturnTensor`` wrapper no longer validates). We run the same
+    planning step it would (``_plan()``) and return the planned tensor tasks (``_tensors``) ourselves; the
+    dtype cast ``ReturnTensor``/``SaveTensor`` would apply is done by the caller. Executed in this order
+    the tasks draw DARE masks in the same order as ``run_merge``, so the weights are bit-identical.
+    ``tests/merge/test_engine.py::test_plan_in_memory_workaround_still_needed`` fails loudly when mergekit
+    changes (fixed upstream, or ``_plan``/``_tensors`` renamed). ``_plan`` mutates the config: pass a copy.
+    ``arch``: mergekit's ``ModelArchitecture`` of the referenced models, if already known.
+    """
+    from mergekit.plan import MergePlanner
+
+    arch = arch or architecture_info(merge_config, options)
+    planner = MergePlanner(merge_config, arch, options=options, out_model_config=out_model_config)
+    planner._plan()
+    return list(planner._tensors)
+
+
+def architecture_info(merge_config, options) -> Any:
+    """mergekit's ``ModelArchitecture`` for the models a recipe references."""
+    from mergekit.architecture import get_architecture_info
+
+    return get_architecture_info(merge_config, options)
+
+
+def dtype_of(name: str | None):
+    """The torch dtype of a mergekit dtype name (``bfloat16``, ``float32``, ...), or None."""
+    from mergekit.common import dtype_from_name
+
+    return dtype_from_name(name) if name else None
+
+
+def model_ref(path: str) -> Any:
+    """mergekit's ``ModelReference`` for a folder or hub id."""
+    from mergekit.common import ModelReference
+
+    return ModelReference.model_validate(str(path))
+
+
+def open_model(ref, options) -> None:
+    """Open a source in mergekit's process-wide loader cache (kept open for every later merge)."""
+    from mergekit.io.tasks import LoaderCache
+
+    cache = LoaderCache()
+    cache.setup(options)
+    cache.get(ref)
+
+
+def reopen_model(ref) -> None:
+    """Drop mergekit's open handles of a source, so its next tensor load reads the file afresh."""
+    from mergekit.io.tasks import LoaderCache
+
+    LoaderCache().get(ref).flush()
+
+
+def tensor_shapes(ref) -> dict[str, tuple[int, ...]] | None:
+    """``{name: shape}`` from the safetensors headers of a model (None for other formats)."""
+    from mergekit.io.tasks import LoaderCache
+    from safetensors import safe_open
+
+    index = LoaderCache().get(ref).index
+    shapes = {}
+    for name, shard in index.tensor_paths.items():
+        if not shard.endswith(".safetensors"):
+            return None
+        with safe_open(str(Path(index.base_path) / shard), framework="pt") as f:
+            shapes[name] = tuple(f.get_slice(name).get_shape())
+    return shapes
+
+
+def build_executor(targets: list, device: str, load: Callable[[Any], Any] | None = None) -> Any:
+    """mergekit's ``Executor`` for the planned ``targets``.
+
+    With ``load``, every tensor-load task of the graph is served by ``load(task)`` (mergekit's
+    ``cached_values``) instead of being read by the executor, so a caller can keep the sources resident.
+    """
+    from mergekit.graph import Executor, TaskHandle, TaskUniverse
+    from mergekit.io.tasks import LoadTensor
+
+    if load is None:
+        return Executor(targets, math_device=device, storage_device=device)
+    universe = TaskUniverse(targets)
+    handles = [universe.add_task(t) for t in targets]
+    cached = {TaskHandle(universe, i): load(task) for i, task in enumerate(universe.tasks)
+              if isinstance(task, LoadTensor)}
+    return Executor(handles, math_device=device, storage_device=device, cached_values=cached)
+
+
+def method_names() -> list[str]:
+    """Names of every merge method registered in mergekit."""
+    import mergekit.merge_methods as mm
+
+    return sorted(m.spec.name for m in mm.registered_methods())
+
+
+def method_parameters(method: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(shared, per_model)``: mergekit's ``ParameterSpec`` by name for ``method``."""
+    import mergekit.merge_methods as mm
+    from mergekit.merge_methods.base import ParameterScope
+
+    spec = mm.get(method).spec
+    shared = {p.name: p for p in spec.parameters if p.scope == ParameterScope.SHARED}
+    per_model = {p.name: p for p in spec.parameters if p.scope != ParameterScope.SHARED}
+    return shared, per_model
+
+
+def base_required(method: str) -> bool:
+    """Whether ``method`` uses a base model (its recipes then need ``base_model``)."""
+    import mergekit.merge_methods as mm
+    from mergekit.merge_methods.base import BasePolicy
+
+    return mm.get(method).spec.contract.base != BasePolicy.IGNORED

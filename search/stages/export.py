@@ -1,0 +1,73 @@
+"""The export stage: a trial of the study as a stock mergekit recipe plus its :class:`TrialRecord` sidecar."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+
+from objectives.errors import UserError
+from search.driver.study import feasible_front, is_feasible, ranked_trials
+from search.merge import remerge, versions
+from search.rundir import TrialRecord
+
+__all__ = ["export_trial", "pick_trial", "winner"]
+
+
+def pick_trial(study: optuna.Study, which: str | int = "best") -> optuna.trial.FrozenTrial:
+    """Trial ``which`` (a number, or ``best``: the first of :func:`ranked_trials`, refused when it is
+    infeasible or the study has several objectives)."""
+    if which != "best":
+        try:
+            number = int(which)
+        except ValueError:
+            raise UserError(f"--trial must be a trial number or 'best', but got {which!r}") from None
+        trials = study.get_trials(deepcopy=False)
+        if not 0 <= number < len(trials):
+            raise UserError(f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}")
+        return trials[number]
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet: run the search first")
+    if not is_feasible(ranked[0]):
+        raise UserError(f"study {study.study_name!r}: no COMPLETE trial meets objective.constraints (see each "
+                        "trial's `violations`): pass --trial N to export one anyway, or relax the constraints")
+    if len(study.directions) > 1:
+        front = sorted(t.number for t in feasible_front(study))
+        raise UserError(f"study {study.study_name!r} is multi-objective, so there is no single best: pass "
+                        f"--trial N with N from the Pareto front {front} (trial {ranked[0].number} has the "
+                        "best primary value)")
+    return ranked[0]
+
+
+def winner(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The pipeline's winner: the best trial on the *search* split (the held-out split only reports).
+
+    Feasible trials come first (``objective.constraints``); with a secondary objective the winner is the
+    feasible trial with the best primary value, which lies on the Pareto front."""
+    ranked = ranked_trials(study)
+    if len(study.directions) > 1 and ranked and is_feasible(ranked[0]):
+        return ranked[0]
+    return pick_trial(study, "best")  # single objective, or nothing feasible: its error says what to do
+
+
+def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str | Path, *,
+                 verify: bool = False) -> TrialRecord:
+    """Write ``trial``'s recipe to ``out`` (``.yaml``) and its :class:`TrialRecord` sidecar beside it
+    (``.json``), so that stock ``mergekit-yaml OUT.yaml DIR --random-seed SEED`` re-creates the scored weights.
+
+    ``verify``: re-merge the trial first (:func:`search.merge.remerge`) and refuse when the hash differs."""
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise UserError(f"--out must end in .yaml or .yml, but got {str(out)!r}")
+    record = TrialRecord.from_trial(trial, study.study_name)
+    if record.weights_sha256 is None:
+        raise UserError(f"trial {trial.number} ({trial.state.name}) was never merged and scored, so it has no "
+                        "weights_sha256 to reproduce: pick a COMPLETE or PRUNED --trial")
+    if verify:
+        remerge(record)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(record.recipe if record.recipe.endswith("\n") else record.recipe + "\n", encoding="utf-8")
+    out.with_suffix(".json").write_text(json.dumps(record.sidecar(out.name, versions()), indent=1), encoding="utf-8")
+    return record

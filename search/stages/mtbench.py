@@ -1,0 +1,104 @@
+"""The MT-Bench stage: which models answer, how a model source becomes a chat model, and the comparison.
+
+The stage itself (questions -> answers -> judge -> scores) lives in :mod:`objectives.mtbench`; this module
+connects it to runs: :func:`run_mtbench_stage` answers with the sources (``pipeline.mtbench_sources``), the
+re-merged winner and the DPO model of a run folder, one folder per model (resumable per model), and writes the
+side-by-side comparison. :func:`chat_model` turns a model folder, a recipe (re-merged by
+:func:`search.merge.remerge`) or an OpenAI-compatible endpoint into a chat model; :func:`mtbench_config` reads
+the ``mtbench:`` section of a run config with overrides on top.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from objectives.errors import UserError
+from objectives.mtbench.client import HttpSettings
+from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
+from objectives.mtbench.config import MTBenchConfig
+from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
+from objectives.mtbench.run import SCORES_FILE, run_mtbench
+from objectives.schema import load_yaml, validate
+from search.config import RunConfig, load_run_config
+from search.merge import record_of, remerge
+from search.rundir import RunDir
+
+__all__ = ["chat_model", "mtbench_config", "mtbench_models", "run_mtbench_stage"]
+
+
+def mtbench_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> MTBenchConfig:
+    """The ``mtbench:`` section of the run config at ``path`` (defaults without one), with ``overrides`` on top:
+    ``{field: value}`` and ``{"judge": {field: value}}``; the result is validated as a whole."""
+    base: dict[str, Any] = {}
+    if path is not None:
+        data = load_yaml(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        if {"name", "space"} & set(data):  # a whole run config: validated as one
+            base = load_run_config(path, resolve=False).mtbench.model_dump()
+        else:
+            base = validate(MTBenchConfig, data.get("mtbench") or {}, f"{path}: mtbench").model_dump()
+    overrides = dict(overrides or {})
+    judge = {**base.get("judge", {}), **overrides.pop("judge", {})}
+    return validate(MTBenchConfig, {**base, **overrides, "judge": judge}, f"{path or 'command line'}: mtbench")
+
+
+def chat_model(source: str, cfg: MTBenchConfig, *, endpoint_model: str | None = None,
+               endpoint_api_key_env: str = "OPENAI_API_KEY", merge_seed: int = 0):
+    """A chat model for ``source``: a model folder, a recipe ``.yaml`` (merged in memory) or an endpoint URL."""
+    if source.startswith(("http://", "https://")):
+        if not endpoint_model:
+            raise UserError(f"--model {source!r} is an endpoint: also pass --endpoint-model NAME (the model there)")
+        j = cfg.judge
+        return EndpointChatModel(HttpSettings(
+            base_url=source, model=endpoint_model, api_key_env=endpoint_api_key_env, concurrency=j.concurrency,
+            retries=j.retries, backoff_s=j.backoff_s, max_backoff_s=j.max_backoff_s, timeout_s=j.timeout_s))
+    path = Path(source)
+    if path.is_dir():
+        return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        record = record_of(path, seed=merge_seed, device=cfg.device)
+        res = remerge(record)
+        fingerprint = json.dumps(["recipe", record.recipe, merge_seed, cfg.device])
+        return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+                              fingerprint=fingerprint)
+    raise UserError(
+        f"--model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; pass one of those"
+    )
+
+
+def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
+    """``{name: model folder}``: the sources (with ``pipeline.mtbench_sources``), the merge and merge + DPO."""
+    models: dict[str, Path] = {}
+    if cfg.pipeline.mtbench_sources:
+        models["base"] = Path(cfg.space.base_model)
+        for m in cfg.space.models:
+            models[m.name or Path(m.model).name] = Path(m.model)
+    models["merge"] = run.dpo.base
+    models["merge+dpo"] = run.dpo.model
+    return models
+
+
+def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
+    """MT-Bench for every model of :func:`mtbench_models` (models with scores already are skipped), then
+    ``comparison.md`` and ``comparison.png`` with the merge as the baseline."""
+    if cfg.mtbench.questions is None:
+        raise UserError("mtbench.questions is not set: give a FastEval .json, FastChat .jsonl or dataset id")
+    names, scores = [], []
+    for name, path in mtbench_models(cfg, run).items():
+        out = run.mtbench_model(name)
+        if not (out / SCORES_FILE).is_file():  # per-model resume
+            if not path.is_dir():
+                raise UserError(f"mtbench: model folder {str(path)!r} for {name!r} is missing: re-run with "
+                                "--from dpo (or download the source model)")
+            log(f"MT-Bench: {name}")
+            model = LocalChatModel.from_pretrained(path, device=cfg.mtbench.device, batch_size=cfg.mtbench.batch_size,
+                                                   seed=cfg.mtbench.seed)
+            run_mtbench(cfg.mtbench, out, model=model, model_id=name)
+        names.append(name)
+        scores.append(load_scores(out / SCORES_FILE))
+    baseline = names.index("merge") if "merge" in names else 0
+    run.comparison_md.write_text(comparison_table(scores, names, baseline=baseline) + "\n", encoding="utf-8")
+    bar_chart(scores, names, run.comparison_png)

@@ -1,0 +1,106 @@
+"""The search stage: :func:`run_search` runs (or resumes) the Ray-parallel Optuna search of a run config.
+
+A run folder (:class:`~search.rundir.RunDir`) holds the study (``study.db`` unless ``search.storage`` names
+another URL), ``artifacts/`` (each trial's mergekit YAML), the manifest ``run.json`` and ``resolved.yaml``.
+Running :func:`run_search` again on the same folder resumes the study: finished trials are kept, orphaned
+ones re-queued (:func:`search.driver.study.fail_orphans`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.config import RunConfig, save_run_config
+from search.driver.driver import Driver, DriverResult, init_ray
+from search.driver.study import enqueue_warm_start, fail_orphans, open_study
+from search.driver.workers import MergeEvalWorker
+from search.merge import params_from_recipe, recipe_text, suggest_params
+from search.rundir import RunDir, RunManifest
+
+__all__ = ["SearchSummary", "run_search", "warm_params"]
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What one :func:`run_search` did (``RUN/summary.json``); ``best_*`` are of the whole study."""
+
+    complete: int
+    pruned: int
+    failed: int
+    requeued: int
+    items: int
+    best_number: int | None
+    best_value: Any
+    best_params: dict | None
+    best_feasible: bool | None
+    interrupted: bool
+    busy_fraction: float
+
+    @classmethod
+    def of(cls, result: DriverResult) -> SearchSummary:
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "busy_fraction"]
+        return cls(**{n: getattr(result, n) for n in names}, busy_fraction=round(result.busy_fraction, 4))
+
+
+def warm_params(cfg: RunConfig) -> list[dict[str, Any]]:
+    """The searched values of every hand recipe of ``cfg`` (enqueued as the first trials)."""
+    return [params_from_recipe(cfg.space, r) for r in (cfg.recipes or [])]
+
+
+def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = None,
+               progress: bool = True) -> SearchSummary:
+    """Run (or resume) the Ray-parallel search of ``cfg`` in ``run_dir`` until ``search.n_trials`` trials of
+    the study are finished; writes ``resolved.yaml``, ``run.json`` and ``summary.json``."""
+    run = RunDir(run_dir)
+    scfg = cfg.search
+    warm = warm_params(cfg)
+    directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
+    study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
+                       x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
+    save_run_config(cfg, run.resolved_config)
+    run.write_manifest(RunManifest(storage=run.storage_url(scfg.storage), study_name=study.study_name))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    orphans = fail_orphans(study, scfg.max_retries)
+    if orphans:
+        print(f"resuming: trials {orphans} were left running by a stopped driver: marked FAIL, re-queued",
+              file=sys.stderr)
+    if enqueue_warm_start(study, warm, cfg.seed):
+        print(f"warm start: {len(warm)} hand recipe(s) enqueued", file=sys.stderr)
+    init_ray(address, num_cpus=max(os.cpu_count() or 1, math.ceil(scfg.workers * scfg.worker_cpus)))
+    run.artifacts.mkdir(parents=True, exist_ok=True)
+    driver = Driver(
+        study, worker_factory=functools.partial(MergeEvalWorker, cfg),
+        suggest=functools.partial(suggest_params, cfg.space), describe=functools.partial(recipe_text, cfg.space),
+        n_trials=scfg.n_trials, workers=scfg.workers, seed=cfg.seed, max_retries=scfg.max_retries,
+        multi_fidelity=scfg.multi_fidelity, num_cpus=scfg.worker_cpus, num_gpus=_worker_gpus(scfg),
+        artifact_store=optuna.artifacts.FileSystemArtifactStore(str(run.artifacts)),
+        artifact_dir=run.upload, progress=progress,
+    )
+    summary = SearchSummary.of(driver.run())
+    run.summary.write_text(_json(dataclasses.asdict(summary)), encoding="utf-8")
+    return summary
+
+
+def _worker_gpus(scfg) -> float:
+    import ray
+
+    if scfg.worker_gpus is not None:
+        return scfg.worker_gpus
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def _json(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=1)
+
+
