@@ -12,15 +12,16 @@ import yaml
 
 from objectives.errors import UserError
 
-__all__ = ["ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "validate"]
+__all__ = ["ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "parse_yaml", "validate"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
 
 class Strict(pydantic.BaseModel):
-    """A config section: unknown keys are errors (a misspelled ``desnity`` is never ignored)."""
+    """A config section: unknown keys are errors (a misspelled ``desnity`` is never ignored), numbers are finite
+    (a NaN or infinite value can only make every trial fail)."""
 
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
 class ConfigProblems(ValueError):
@@ -65,17 +66,48 @@ def load_json(path: str | Path, missing_fix: str) -> Any:
     try:
         return json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg})") from None
+        raise UserError(f"{p}: invalid JSON at line {err.lineno} ({err.msg}): restore or remove the file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{p}: not UTF-8 text: restore or remove the file") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first at line {seen[key]}): keep one",
+                    key_node.start_mark)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text (safe types only, duplicate keys refused) into a one-line :class:`UserError` on failure."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UserError(f"{source}: invalid YAML{where}: {problem}") from None
 
 
 def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file, turning a missing file or a syntax error into a one-line :class:`UserError`."""
+    """Read a YAML file: a missing or unreadable file, text that is not UTF-8, a syntax error or a duplicate key
+    is a one-line :class:`UserError`."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file {str(p)!r} does not exist: pass the path of a YAML file")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UserError(f"{p}: invalid YAML{where}: {getattr(err, 'problem', err)}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{p}: not UTF-8 text (byte {err.start}): save the file as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{p}: cannot be read ({err.strerror}): check its permissions") from None
+    return parse_yaml(text, str(p))

@@ -19,6 +19,7 @@ resolved config, which loads back to the same object. A config that names a ``wo
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +32,7 @@ from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import ConfigProblems, Strict, load_yaml, validate
 from search.driver.study import SearchConfig, check_sampler
 from search.merge.mergekit_compat import method_parameters
-from search.merge.recipe import recipe_dict
+from search.merge.recipe import params_from_recipe, recipe_dict
 from search.merge.space import Choice, Range, SpaceConfig
 from search.stages.dpo_config import DPOStageConfig
 
@@ -46,6 +47,8 @@ __all__ = [
     "save_run_config",
     "seed_recipe",
 ]
+
+LOG = logging.getLogger("merge_search")
 
 # The seed recipe: DARE-TIES with density 0.6 for every model and weights 0.3 / 0.3 / 0.4 (three models;
 # other counts get equal weights).
@@ -135,7 +138,8 @@ def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:
     """Validate the YAML at ``path`` (all problems in one :class:`UserError`).
 
     With ``resolve`` (default), ``device: auto`` becomes the actual device (``dpo.device: auto`` follows it)
-    and a missing ``recipes`` the seed recipe; recipe paths must exist.
+    and a missing ``recipes`` the seed recipe when the space can express it (else none, with a warning on the
+    ``merge_search`` logger); recipe paths must exist.
     """
     data = load_yaml(path)
     if not isinstance(data, dict):
@@ -153,14 +157,29 @@ def load_run_config(path: str | Path, *, resolve: bool = True) -> RunConfig:
     if cfg.dpo.device == "auto":  # the DPO stage follows the run's device unless it names its own
         update["dpo"] = cfg.dpo.model_copy(update={"device": device})
     if cfg.recipes is None:
-        update["recipes"] = [seed_recipe(cfg.space)]
+        update["recipes"] = _default_recipes(cfg.space, str(path))
     return cfg.model_copy(update=update)
 
 
+def _default_recipes(space: SpaceConfig, source: str) -> list[dict[str, Any]]:
+    """The seed recipe when the space can express it; none (and one warning saying why) otherwise."""
+    recipe = seed_recipe(space)
+    try:
+        params_from_recipe(space, recipe)
+    except UserError as err:
+        LOG.warning("%s: the built-in seed recipe is not enqueued, it does not fit this space (%s); give "
+                    "`recipes:` to warm-start the search", source, err)
+        return []
+    return [recipe]
+
+
 def save_run_config(cfg: RunConfig, path: str | Path) -> Path:
-    """Write ``cfg`` (every field, defaults included) as YAML that :func:`load_run_config` reads back."""
+    """Write ``cfg`` (every field, defaults included) as YAML that :func:`load_run_config` reads back; a file
+    that already holds exactly that text is left untouched."""
     path = Path(path)
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = cfg.model_dump(mode="json")
-    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
     return path

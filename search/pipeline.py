@@ -5,9 +5,10 @@ Each stage is a function of the resolved :class:`~search.config.RunConfig` and t
 completion marker ``RUN/stages/<stage>.json`` (seconds taken, finish time). Running again skips finished
 stages and resumes an interrupted one (the search resumes from its Optuna storage: completed trials are kept,
 orphaned ones re-queued); ``from_stage`` re-runs that stage and every later one, ``only`` just that one. The
-resolved config is saved as ``RUN/resolved.yaml``; a re-run with a different config is refused (a run folder
-holds the results of one config), unless ``from_stage``/``only`` say which stages to redo. The run folder's
-layout is :mod:`search.rundir`'s.
+resolved config is saved as ``RUN/resolved.yaml``. Before anything is created every input is checked
+(:func:`search.preflight.run_problems`); a run folder belongs to the config that made it: a config that
+changes what the study holds is refused, one that changes later stages only needs ``from_stage``/``only``
+at or before the first stage it affects. The run folder's layout is :mod:`search.rundir`'s.
 """
 
 from __future__ import annotations
@@ -20,20 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from objectives.errors import UserError
 from search.config import RunConfig, save_run_config
 from search.driver.study import load_study
 from search.merge import remerge
-from search.rundir import RunDir
+from search.preflight import raise_problems, run_problems
+from search.rundir import STAGES, RunDir
 from search.stages import dpo, export, heldout, mtbench, report, search
 from search.stages.world import ensure_world
 
 __all__ = ["STAGES", "StageInterrupted", "run_pipeline"]
-
-STAGES = ("search", "heldout", "export", "dpo", "mtbench", "report")
-
 
 class StageInterrupted(KeyboardInterrupt):
     """A stage stopped early (Ctrl-C): its marker is not written, the next run resumes it."""
@@ -55,7 +52,7 @@ def _say(msg: str) -> None:
 
 
 def _stage_search(ctx: _Context) -> None:
-    summary = search.run_search(ctx.cfg, ctx.run.root, address=ctx.address, progress=ctx.progress)
+    summary = search.run_search(ctx.cfg, ctx.run.root, address=ctx.address, progress=ctx.progress, check=False)
     if summary.interrupted:
         raise StageInterrupted("search")
 
@@ -112,18 +109,6 @@ def _selected(from_stage: str | None, only: str | None) -> list[str]:
     return list(STAGES[STAGES.index(from_stage):]) if from_stage else list(STAGES)
 
 
-def _check_config(cfg: RunConfig, run: RunDir, forced: bool) -> None:
-    """Save the resolved config; refuse a different config for an existing run unless stages are forced."""
-    saved = run.resolved_config
-    old = yaml.safe_load(saved.read_text(encoding="utf-8")) if saved.is_file() else None
-    new = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))  # as it would read back
-    if old is not None and old != new and not forced:
-        raise UserError(f"run folder {str(run.root)!r} was made with a different config (see its "
-                        f"{saved.name}): use another --out, or --from STAGE to redo stages with the new config")
-    if old != new:
-        save_run_config(cfg, saved)
-
-
 def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stage: str | None = None,
                  only: str | None = None, address: str | None = None, progress: bool | None = None) -> RunDir:
     """Run (or resume) every stage of the resolved ``cfg`` in ``run_dir`` (default ``results/<name>``).
@@ -135,10 +120,12 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
     missing = [s for s in STAGES[: STAGES.index(stages[0])] if not run.marker(s).is_file()]
     if missing:
         raise UserError(f"stage {stages[0]!r} needs {missing} first: run without --only, or with --from {missing[0]}")
+    ensure_world(cfg)  # the demo world's models are inputs the checks read
+    redo = stages[0] if (from_stage or only) else None
+    raise_problems(run_problems(cfg, run, address=address, redo=redo), f"cannot run {cfg.name!r}")
     run.root.mkdir(parents=True, exist_ok=True)
-    _check_config(cfg, run, forced=bool(from_stage or only))
-    ensure_world(cfg)
-    if from_stage or only:
+    save_run_config(cfg, run.resolved_config)
+    if redo:
         for stage in stages:
             run.marker(stage).unlink(missing_ok=True)
     ctx = _Context(cfg, run, address, sys.stderr.isatty() if progress is None else progress)

@@ -34,6 +34,7 @@ from objectives.errors import UserError
 from objectives.schema import load_json
 
 __all__ = [
+    "STAGES",
     "DPOOutputs",
     "MergeInfo",
     "RunDir",
@@ -42,6 +43,9 @@ __all__ = [
     "TrialAttr",
     "TrialRecord",
 ]
+
+
+STAGES = ("search", "heldout", "export", "dpo", "mtbench", "report")  # the pipeline's stages, in order
 
 
 class TrialAttr:
@@ -170,6 +174,15 @@ class TrialRecord:
                    items_evaluated=ua.get(TrialAttr.ITEMS), params=dict(trial.params),
                    label=f"trial {trial.number}")
 
+    def recipe_dict(self) -> dict[str, Any]:
+        """The recipe as a mapping (what mergekit validates)."""
+        import yaml
+
+        data = yaml.safe_load(self.recipe)
+        if not isinstance(data, dict):
+            raise UserError(f"{self.label or 'recipe'}: the recorded recipe is not a YAML mapping: it cannot be merged")
+        return data
+
     def reproduce_command(self, recipe_file: str) -> str:
         """The stock ``mergekit-yaml`` command that re-creates the weights from ``recipe_file``."""
         threads = f"OMP_NUM_THREADS={self.merge_threads} " if self.merge_threads and self.merge_device == "cpu" else ""
@@ -189,6 +202,9 @@ class TrialRecord:
         side = load_json(recipe_file.with_suffix(".json"), "export the trial first (merge-search export)")
         if not recipe_file.is_file():
             raise UserError(f"{str(recipe_file)!r} does not exist: export the trial first (merge-search export)")
+        if not isinstance(side, dict) or "reproduce" not in side or side.get("seed") is None:
+            raise UserError(f"{recipe_file.with_suffix('.json')}: not the sidecar of an exported trial (no seed / "
+                            "reproduce): export the trial again (merge-search export)")
         known = {k: side[k] for k in cls.__dataclass_fields__ if k in side}
         return cls(**{**known, "recipe": recipe_file.read_text(encoding="utf-8"), "number": side.get("trial"),
                       "label": recipe_file.name})
@@ -202,6 +218,13 @@ class DPOOutputs:
     """The files of one DPO run (``RUN/dpo`` in a pipeline, ``--out`` of ``merge-search dpo``)."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def names(self) -> set[str]:
+        """Every name this layout writes into ``root`` (an earlier, unfinished run may be replaced)."""
+        return {getattr(self, p).name for p, v in vars(type(self)).items() if isinstance(v, property)}
 
     @property
     def base(self) -> Path:  # the re-merged model DPO starts from (pipeline, --recipe)

@@ -47,6 +47,7 @@ class JudgeConfig(Strict):
     backoff_s: float = pydantic.Field(1.0, ge=0.0)
     max_backoff_s: float = pydantic.Field(60.0, ge=0.0)
     timeout_s: float = pydantic.Field(120.0, gt=0.0)
+    probe: bool = True  # openai: one short request before any answer is generated; a judge that fails it stops the run
     batch_size: int = pydantic.Field(4, ge=1)  # hf backend only
     device: str = "cpu"  # hf backend only
 

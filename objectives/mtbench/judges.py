@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from objectives.errors import UserError
 from objectives.mtbench.cache import ReplyCache, cached_replies
-from objectives.mtbench.client import HttpSettings, chat_all
+from objectives.mtbench.client import ERROR_REPLY, HttpSettings, chat_all
 from objectives.mtbench.config import JudgeConfig
 from objectives.mtbench.prompts import judge_messages
 from objectives.mtbench.questions import Question
@@ -46,6 +47,16 @@ class HttpJudge:
     def judge(self, items: list[JudgeItem], on_reply=None) -> list[str]:
         return chat_all(self.settings, [(list(i.messages), self.temperature) for i in items], desc="judging",
                         on_reply=on_reply)
+
+    def probe(self) -> None:
+        """One short request (with the configured retries): a judge that cannot answer it is a
+        :class:`UserError` before any answer is generated, not a run of unrated judgments."""
+        [reply] = chat_all(self.settings, [([{"role": "user", "content": "Antworte nur mit: OK"}], 0.0)],
+                           desc="judge probe")
+        if reply.startswith(ERROR_REPLY):
+            raise UserError(f"the judge at {self.settings.base_url} did not answer a probe request "
+                            f"({reply[len(ERROR_REPLY):].strip()}): check judge.base_url, judge.model and the key, "
+                            "or pass --no-judge-probe")
 
 
 class LocalJudge:

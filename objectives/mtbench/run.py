@@ -13,19 +13,21 @@ import logging
 from pathlib import Path
 
 from objectives.errors import UserError
+from objectives.mtbench.cache import ReplyCache
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import ChatModel, generate_answers, read_answers, write_answers
-from objectives.mtbench.cache import ReplyCache
 from objectives.mtbench.judges import judge_answers, judge_scope, make_judge
 from objectives.mtbench.prompts import builtin_prompts, load_prompts
 from objectives.mtbench.questions import load_questions
 from objectives.mtbench.scores import compute_scores
 
-__all__ = ["ANSWERS_FILE", "REPLIES_FILE", "SCORES_FILE", "run_mtbench", "write_json"]
+__all__ = ["ANSWERS_FILE", "OUTPUT_NAMES", "REPLIES_FILE", "SCORES_FILE", "rated", "run_mtbench", "write_json"]
 
 ANSWERS_FILE = "answers.jsonl"
 REPLIES_FILE = "judge-replies.json"
 SCORES_FILE = "scores.json"
+CACHE_DIR = "cache"
+OUTPUT_NAMES = {ANSWERS_FILE, REPLIES_FILE, SCORES_FILE, CACHE_DIR}  # everything a run writes into its folder
 
 log = logging.getLogger("merge_search.mtbench")
 
@@ -46,9 +48,11 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
     questions = load_questions(cfg.questions, cfg.limit)
     prompts = load_prompts(cfg.judge.prompts) if cfg.judge.prompts else builtin_prompts(cfg.language)
     judge = make_judge(cfg.judge)  # fail on a bad judge before spending time on answers
+    if cfg.judge.probe and hasattr(judge, "probe"):
+        judge.probe()
     if model is not None:
         fingerprint = getattr(model, "fingerprint", None)
-        cache = ReplyCache(out / "cache" / "answers.jsonl", fingerprint) if fingerprint else None
+        cache = ReplyCache(out / CACHE_DIR / "answers.jsonl", fingerprint) if fingerprint else None
         answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers", cache=cache)
         write_answers(out / ANSWERS_FILE, answers, model_id)
     else:
@@ -57,8 +61,19 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
     if missing:
         log.warning("%d question(s) have no answer and are not judged: %s", len(missing), missing[:10])
     replies = judge_answers(judge, questions, answers, prompts,
-                            cache=ReplyCache(out / "cache" / "judgments.jsonl", judge_scope(cfg.judge)))
+                            cache=ReplyCache(out / CACHE_DIR / "judgments.jsonl", judge_scope(cfg.judge)))
     write_json(out / REPLIES_FILE, replies)
     scores = compute_scores(replies, questions)
     write_json(out / SCORES_FILE, scores)
+    if not rated(scores):
+        n = scores["counts"]
+        raise UserError(f"MT-Bench {model_id}: not one judgment could be rated ({len(replies)} replies, "
+                        f"{n['unparsed_first_turn'] + n['unparsed_second_turn']} without a rating from 1 to 10; see "
+                        f"{out / REPLIES_FILE}): check that the judge answers (mtbench.judge) and run again")
     return scores
+
+
+def rated(scores: dict) -> bool:
+    """Whether a ``scores.json`` holds at least one rated judgment (a run whose judge never answered does not)."""
+    counts = scores.get("counts") or {}
+    return counts.get("first_turn", 0) + counts.get("second_turn", 0) > 0

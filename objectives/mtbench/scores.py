@@ -1,7 +1,7 @@
 """Scores from judge replies, exactly as FastEval aggregates them.
 
-A rating is the first ``[[x]]`` in the reply, falling back to the first ``[x]``; replies with neither are
-dropped and counted. ``first_turn`` / ``second_turn`` are means over the rated judgments of that turn,
+A rating is the first ``[[x]]`` in the reply, falling back to the first ``[x]``; replies with neither, or with
+a rating outside 1-10, are dropped and counted as unparsed. ``first_turn`` / ``second_turn`` are means over the rated judgments of that turn,
 ``categories`` means over both turns (in order of first appearance), ``average`` = (first + second) / 2.
 Means use :func:`statistics.mean` (exact rational arithmetic), so rescoring FastEval's published
 ``judge-replies.json`` reproduces its ``scores.json`` bit for bit.
@@ -30,9 +30,11 @@ STANDIN_LABEL = "NOT an MT-Bench score: offline stand-in judge (character n-gram
 
 
 def parse_rating(reply: str) -> int | float | None:
-    """The rating in a judge reply (``[[x]]``, else ``[x]``), or ``None`` when there is none."""
+    """The rating in a judge reply (``[[x]]``, else ``[x]``), or ``None`` when there is none or it lies outside
+    MT-Bench's scale of 1 to 10 (``[[11]]``, ``[[0]]``: the judge broke the format)."""
     match = _DOUBLE.search(reply) or _SINGLE.search(reply)
-    return ast.literal_eval(match.group(1)) if match else None
+    rating = ast.literal_eval(match.group(1)) if match else None
+    return rating if rating is not None and 1 <= rating <= 10 else None
 
 
 def _mean(xs: list) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import traceback
 
@@ -32,8 +33,15 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other refused input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="merge-search",
         description="Evolutionary merge-search for German LLMs (mergekit + Optuna + Ray + lm-eval).",
     )
@@ -47,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _warnings_to_stderr()
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -57,6 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("merge-search: interrupted", file=sys.stderr)
         return 130
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record arrives (not the stream of the first call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _warnings_to_stderr() -> None:
+    """The library's warnings (the ``merge_search`` logger) as ``merge-search: warning: ...`` lines."""
+    log = logging.getLogger("merge_search")
+    if not any(getattr(h, "merge_search_cli", False) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("merge-search: warning: %(message)s"))
+        handler.merge_search_cli = True
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 
 from objectives.errors import UserError
-from search.merge import record_of, remerge
+from search.merge import load_recipe, record_of, remerge
+from search.merge.sources import model_folder_problems
+from search.preflight import local_models, output_problems, raise_problems
 from search.rundir import DPOOutputs
 from search.stages.dpo import load_dpo_config, require_data, run_dpo
 
@@ -28,12 +30,23 @@ def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int) -> Path
     raise UserError("no DPO base model: pass --model DIR, --recipe FILE.yaml, or set dpo.model in the config")
 
 
-def _run(args: argparse.Namespace) -> int:
-    cfg, run_seed = load_dpo_config(args.config)
-    require_data(cfg)
-    out = DPOOutputs(Path(args.out or cfg.output_dir))
+def _check(args: argparse.Namespace, cfg, out: DPOOutputs) -> None:
+    """Every problem of the inputs and the output folder, before anything is merged or written."""
     if out.metrics.exists():
         raise UserError(f"--out {str(out.root)!r} already holds a DPO run ({out.metrics.name}): give a new folder")
+    require_data(cfg)
+    model = args.model or (None if args.recipe else cfg.model)
+    inputs = local_models([str(m) for m in load_recipe(args.recipe).referenced_models()]) if args.recipe else []
+    problems = model_folder_problems(model, "--model") if model else []
+    problems += output_problems(out.root, what="--out", inputs=inputs + ([model] if model else []),
+                                own=out.names())
+    raise_problems(problems, "dpo")
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg, run_seed = load_dpo_config(args.config)
+    out = DPOOutputs(Path(args.out or cfg.output_dir))
+    _check(args, cfg, out)
     metrics = run_dpo(cfg, _base(args, cfg, out, run_seed), out.root)
     b, a = metrics["heldout_before"], metrics["heldout_after"]
     print(f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f} "

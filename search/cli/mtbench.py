@@ -16,8 +16,10 @@ from pathlib import Path
 from objectives.errors import UserError
 from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.questions import load_questions
-from objectives.mtbench.run import run_mtbench, write_json
+from objectives.mtbench.run import OUTPUT_NAMES, run_mtbench, write_json
 from objectives.mtbench.scores import compute_scores, load_judge_replies
+from search.merge import load_recipe
+from search.preflight import local_models, output_problems, raise_problems
 from search.stages.mtbench import chat_model, mtbench_config
 
 __all__ = ["register"]
@@ -30,6 +32,7 @@ _OVERRIDES = {
     "judge_api_key_env": ("judge", "api_key_env"), "judge_prompts": ("judge", "prompts"),
     "judge_concurrency": ("judge", "concurrency"), "judge_retries": ("judge", "retries"),
     "judge_timeout": ("judge", "timeout_s"), "judge_backoff": ("judge", "backoff_s"),
+    "judge_probe": ("judge", "probe"),
 }
 
 
@@ -61,12 +64,23 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+def _inputs(source: str | None) -> list[str]:
+    """The local model folders ``--model`` reads (a folder, or the models of a recipe)."""
+    if not source or source.startswith(("http://", "https://")):
+        return []
+    if Path(source).is_file() and Path(source).suffix in (".yaml", ".yml"):
+        return local_models([str(m) for m in load_recipe(source).referenced_models()])
+    return [source]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = mtbench_config(args.config, _overrides(args))
     if (args.model is None) == (args.answers is None):
         raise UserError("mtbench run: pass exactly one of --model SOURCE or --answers FILE")
     name = args.name or (Path(args.model).stem if args.model and not args.model.startswith("http") else
                          args.endpoint_model or "answers")
+    raise_problems(output_problems(args.out, what="--out", inputs=_inputs(args.model), own=OUTPUT_NAMES),
+                   "mtbench run")
     model = chat_model(args.model, cfg, endpoint_model=args.endpoint_model,
                        endpoint_api_key_env=args.endpoint_api_key_env, merge_seed=args.merge_seed) \
         if args.model else None
@@ -136,6 +150,8 @@ def register(subparsers) -> None:
     r.add_argument("--judge-retries", type=int, help="retries on 429/5xx/timeouts/garbage")
     r.add_argument("--judge-timeout", type=float, help="seconds per request")
     r.add_argument("--judge-backoff", type=float, help="first retry delay in seconds (doubles each retry)")
+    r.add_argument("--no-judge-probe", dest="judge_probe", action="store_false", default=None,
+                   help="skip the one request that checks the judge answers before any answer is generated")
     r.add_argument("--json", action="store_true", help="print the scores as JSON")
     r.set_defaults(func=cmd_run)
 

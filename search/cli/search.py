@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import socket
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from objectives.errors import UserError
 from search.config import load_run_config
 from search.driver.study import load_study, resolve_storage
+from search.preflight import raise_problems, storage_problems
 from search.stages.export import export_trial, pick_trial
 from search.stages.search import run_search
 from search.stages.world import ensure_world
@@ -38,7 +40,7 @@ def register(subparsers) -> None:
     d = subparsers.add_parser("dashboard", help="open optuna-dashboard on a run (with its trial artifacts)",
                               description="Serve optuna-dashboard for RUN (a run folder) or a storage URL.")
     d.add_argument("run", metavar="RUN|STORAGE_URL")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=_port, default=8080, help="TCP port, 1-65535 (default 8080)")
     d.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     d.add_argument("--artifact-dir", help="artifact folder (default: RUN/artifacts)")
     d.set_defaults(func=cmd_dashboard)
@@ -77,10 +79,24 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     url, _, run_dir = resolve_storage(args.run)
     art = Path(args.artifact_dir) if args.artifact_dir else (run_dir.artifacts if run_dir else None)
     store = FileSystemArtifactStore(str(art)) if art is not None and art.is_dir() else None
+    raise_problems(storage_problems(url), "dashboard")  # a damaged storage is refused here, not in the server
+    try:
+        socket.getaddrinfo(args.host, args.port)
+        with socket.create_server((args.host, args.port)):
+            pass  # free and bindable: the server takes it next
+    except OSError as err:
+        raise UserError(f"dashboard cannot listen on {args.host}:{args.port} ({err.strerror or err}): pass another "
+                        "--host or --port") from None
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (storage {url}"
           + (f", artifacts {art}" if store else "") + "); Ctrl-C to stop", file=sys.stderr, flush=True)
     run_server(url, host=args.host, port=args.port, artifact_store=store)
     return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"--port must be a number from 1 to 65535, but got {text!r}")
+    return int(text)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

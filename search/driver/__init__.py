@@ -2,7 +2,7 @@
 driver, its live progress view and the trial workers. Knows nothing of run configs beyond the ``search:``
 section; :mod:`search.stages.search` wires a run config into it."""
 
-from search.driver.driver import Driver, DriverResult, TrialActor, WorkerInfo, init_ray, trial_seed
+from search.driver.driver import Driver, DriverResult, init_ray, trial_seed
 from search.driver.progress import ProgressView
 from search.driver.study import (
     SearchConfig,
@@ -19,7 +19,7 @@ from search.driver.study import (
     requeue,
     resolve_storage,
 )
-from search.driver.workers import MergeEvalWorker, SimulatedWorker, WorkerSetup
+from search.driver.workers import MergeEvalWorker, SimulatedWorker, TrialActor, WorkerInfo, WorkerSetup
 
 __all__ = [
     "Driver",

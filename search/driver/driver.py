@@ -9,7 +9,9 @@ see :mod:`search.driver.workers`)::
 Stages run one after the other on the *same* actor (the merged model stays resident between them). After each
 stage the driver reports the value with ``step = items`` and asks the pruner; a pruned trial is ``PRUNED``. A
 worker that raises fails its trial (reason in the ``fail_reason`` user attribute); a worker process that dies
-fails its trial too and the actor is replaced. Both re-queue the parameters up to ``max_retries`` times. Ray
+fails its trial too and the actor is replaced. Both re-queue the parameters up to ``max_retries`` times; when
+``max_failures_in_a_row`` trials in a row fail for the same reason (numbers aside), the search cannot succeed:
+the driver stops asking, lets running trials finish and returns with ``DriverResult.stopped`` saying why. Ray
 never re-runs anything by itself (``max_restarts=0``, ``max_task_retries=0``).
 
 The driver is **asynchronous**: the moment a trial finishes on an actor, a new one is asked and started there.
@@ -18,8 +20,8 @@ Ctrl-C stops asking and lets the running trials finish; a second Ctrl-C fails (a
 
 from __future__ import annotations
 
-import dataclasses
 import os
+import re
 import signal
 import time
 import warnings
@@ -33,10 +35,10 @@ from optuna.trial import TrialState
 
 from search.driver.progress import ProgressView
 from search.driver.study import is_feasible, ranked_trials, requeue
-from search.driver.workers import WorkerSetup
+from search.driver.workers import TrialActor, WorkerInfo
 from search.rundir import StageReport, TrialAttr
 
-__all__ = ["Driver", "DriverResult", "TrialActor", "WorkerInfo", "init_ray", "trial_seed"]
+__all__ = ["Driver", "DriverResult", "init_ray", "trial_seed"]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -57,35 +59,6 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  log_to_driver=False)
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A ready worker: its :class:`WorkerSetup` and where its actor runs."""
-
-    setup: WorkerSetup
-    pid: int
-    node: str
-    node_id: str
-
-
-class TrialActor:
-    """Body of the Ray actor: keeps one worker (and its loaded models) for its whole life."""
-
-    def __init__(self, worker_factory: Callable[[], Any]):
-        self.worker = worker_factory()
-
-    def setup(self) -> WorkerInfo:
-        import ray
-
-        ctx = ray.get_runtime_context()
-        return WorkerInfo(setup=self.worker.setup(), pid=os.getpid(), node=ray.util.get_node_ip_address(),
-                          node_id=ctx.get_node_id()[:12])
-
-    def run_stage(self, trial_number: int, params: dict, seed: int, stage: int) -> StageReport:
-        t0 = time.perf_counter()
-        report = self.worker.run_stage(trial_number, params, seed, stage)
-        return dataclasses.replace(report, busy_seconds=time.perf_counter() - t0)
 
 
 @dataclass
@@ -127,6 +100,7 @@ class DriverResult:
     best_value: Any = None
     best_params: dict | None = None
     best_feasible: bool | None = None  # False: no COMPLETE trial meets objective.constraints
+    stopped: str | None = None  # why the driver gave up (the same failure, trial after trial)
 
     @property
     def busy_fraction(self) -> float:
@@ -154,6 +128,7 @@ class Driver:
         workers: int,
         seed: int = 0,
         max_retries: int = 1,
+        max_failures_in_a_row: int = 5,
         multi_fidelity: bool = True,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
@@ -171,6 +146,8 @@ class Driver:
         self.workers = workers
         self.seed = seed
         self.max_retries = max_retries
+        self.max_failures_in_a_row = max_failures_in_a_row
+        self._failures: list[str] = []  # reasons of the trials that failed since the last one that finished
         self.multi_fidelity = multi_fidelity
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.describe = describe
@@ -257,6 +234,12 @@ class Driver:
         run.trial.set_user_attr(TrialAttr.FAIL_REASON, reason[-2000:])
         frozen = self.study.tell(run.trial, state=TrialState.FAIL)
         self.result.failed += 1
+        self._failures.append(reason)
+        same = {re.sub(r"\d+", "N", r) for r in self._failures[-self.max_failures_in_a_row:]}
+        if len(self._failures) >= self.max_failures_in_a_row and len(same) == 1 and self._stop < 2:
+            self.result.stopped = (f"the last {self.max_failures_in_a_row} trials all failed with: "
+                                   f"{_short_reason(reason)}")
+            self._stop = max(self._stop, 1)
         if requeue(self.study, frozen, self.max_retries):
             self.result.requeued += 1
 
@@ -267,6 +250,7 @@ class Driver:
         run.items = out.items
         for k, v in out.user_attrs().items():
             trial.set_user_attr(k, v)
+        self._failures.clear()
         trial.set_user_attr(TrialAttr.ITEMS, out.items)
         trial.set_user_attr(TrialAttr.STAGE, run.stage)
         last = run.stage >= slot.info.setup.stages - 1
@@ -352,7 +336,7 @@ class Driver:
                 self._kill(slot)
             self._pending.clear()
             self.result.wall_seconds = time.perf_counter() - t_first if t_first else 0.0
-            self.result.interrupted = self._stop > 0
+            self.result.interrupted = self._stop > 0 and self.result.stopped is None
             self._fill_best()
             if view:
                 view.close()
@@ -370,6 +354,11 @@ class Driver:
         self.result.best_value = list(best.values) if self.multi_objective else best.value
         self.result.best_number, self.result.best_params = best.number, dict(best.params)
         self.result.best_feasible = is_feasible(best)
+
+
+def _short_reason(reason: str) -> str:
+    lines = [ln for ln in reason.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else reason[:300]
 
 
 def _short(err: BaseException) -> str:

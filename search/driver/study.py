@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 from pydantic import Field
 
@@ -91,6 +92,8 @@ class SearchConfig(Strict):
     worker_gpus: float | None = Field(
         None, ge=0, description="GPUs per worker; default: 1 when the Ray cluster has GPUs, else 0")
     max_retries: int = Field(1, ge=0, description="re-queues of the parameters of a failed trial")
+    max_failures_in_a_row: int = Field(
+        5, ge=1, description="stop the search (resumable) when this many trials in a row fail for the same reason")
 
 
 def check_sampler(sampler: str, *, n_objectives: int = 1, constrained: bool = False) -> list[str]:
@@ -203,7 +206,7 @@ def open_study(
             directions=directions,
             load_if_exists=True,
         )
-    except (ValueError, ImportError) as err:  # bad URL / missing DB driver: a user problem
+    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:  # bad URL, no driver, damaged DB
         raise UserError(f"search.storage {storage!r} cannot be opened: {err}; "
                         "use sqlite:///PATH or an RDB URL such as postgresql://user@host/db") from None
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
@@ -280,12 +283,16 @@ def load_study(run: str | Path, study_name: str | None = None) -> optuna.Study:
     storage that holds several."""
     url, name, _ = resolve_storage(run)
     name = study_name or name
-    if name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
-        if len(names) != 1:
-            raise UserError(f"storage {url} holds studies {names}: pick one with --study NAME")
-        name = names[0]
     try:
+        if name is None:
+            names = [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
+            if len(names) != 1:
+                raise UserError(f"storage {url} holds studies {names}: pick one with --study NAME")
+            name = names[0]
         return optuna.load_study(study_name=name, storage=url)
     except KeyError:
         raise UserError(f"no study {name!r} in {url}: check --study") from None
+    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"storage {url} cannot be read ({type(err).__name__}: {first}): check the URL, or restore "
+                        "the database") from None

@@ -7,8 +7,11 @@ Both return a :class:`~search.rundir.StageReport`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +20,7 @@ from objectives.objective import Objective, constraint_values
 from search.merge import ResidentMerger, to_merge_config
 from search.rundir import MergeInfo, StageReport
 
-__all__ = ["MergeEvalWorker", "SimulatedWorker", "WorkerSetup"]
+__all__ = ["MergeEvalWorker", "SimulatedWorker", "TrialActor", "WorkerInfo", "WorkerSetup"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,35 @@ class WorkerSetup:
 
     stages: int
     device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A ready worker: its :class:`WorkerSetup` and where its actor runs."""
+
+    setup: WorkerSetup
+    pid: int
+    node: str
+    node_id: str
+
+
+class TrialActor:
+    """Body of the Ray actor: keeps one worker (and its loaded models) for its whole life."""
+
+    def __init__(self, worker_factory: Callable[[], Any]):
+        self.worker = worker_factory()
+
+    def setup(self) -> WorkerInfo:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        return WorkerInfo(setup=self.worker.setup(), pid=os.getpid(), node=ray.util.get_node_ip_address(),
+                          node_id=ctx.get_node_id()[:12])
+
+    def run_stage(self, trial_number: int, params: dict, seed: int, stage: int) -> StageReport:
+        t0 = time.perf_counter()
+        report = self.worker.run_stage(trial_number, params, seed, stage)
+        return dataclasses.replace(report, busy_seconds=time.perf_counter() - t0)
 
 
 @dataclass

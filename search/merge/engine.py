@@ -16,12 +16,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from objectives.errors import UserError
 from search.merge import mergekit_compat as mk
 from search.merge.hashing import weights_sha256
+from search.merge.sources import source_problems
 
 __all__ = ["MergeError", "MergeResult", "ResidentMerger", "reseed"]
 
@@ -78,17 +78,10 @@ class ResidentMerger:
         self.options = mk.merge_options(device, trust_remote_code)
         self.base_model = str(base_model)
         self.models = list(dict.fromkeys([self.base_model, *map(str, models)]))
+        problems = source_problems(self.base_model, self.models[1:], device=device, trust_remote_code=trust_remote_code)
+        if problems:
+            raise UserError("; ".join(problems))
         self._refs = {m: mk.model_ref(m) for m in self.models}
-        for m, ref in self._refs.items():
-            if (m.startswith((".", "/", "~")) or m.count("/") != 1) and not Path(m).expanduser().exists():
-                raise UserError(f"model folder {m!r} does not exist: pass an existing model folder or a hub id "
-                                "(owner/name)")
-            try:
-                mk.open_model(ref, self.options)  # open every source once (kept open)
-            except Exception as err:  # noqa: BLE001 -- hub offline, no weights, bad repo: all user input
-                raise UserError(f"cannot open model {m!r} ({type(err).__name__}: {str(err)[:200]}): pass a local "
-                                "model folder, or a hub id that is downloaded/cached") from None
-        self._check_compatible()
         self.cache_sources = cache_sources
         self._sources: dict[Any, tuple[Any, int]] = {}  # LoadTensor task -> (value, tensor version)
         self._arch: dict[frozenset[str], Any] = {}  # referenced models -> mergekit ModelArchitecture
@@ -115,26 +108,6 @@ class ResidentMerger:
         return cls(space.base_model, [m.model for m in space.models], device=device,
                    dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source,
                    cache_sources=space.cache_sources)
-
-    def _check_compatible(self) -> None:
-        """Same architecture and tensor shapes for every source, or a :class:`UserError` (before merging)."""
-        base = self._refs[self.base_model]
-        arch = base.config(trust_remote_code=self.options.trust_remote_code).architectures
-        base_shapes = mk.tensor_shapes(base)
-        for m, ref in self._refs.items():
-            other = ref.config(trust_remote_code=self.options.trust_remote_code).architectures
-            if other != arch:
-                raise UserError(f"model {m!r} has architecture {other} but the base model {self.base_model!r} "
-                                f"has {arch}: merge only models of one architecture")
-            shapes = mk.tensor_shapes(ref)
-            if base_shapes is None or shapes is None or ref is base:
-                continue
-            diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
-            if diff:
-                n = diff[0]
-                raise UserError(f"model {m!r} does not match the base model {self.base_model!r}: tensor {n!r} "
-                                f"has shape {shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) "
-                                "differ): merge only fine-tunes of the same base")
 
     def _architecture(self, config) -> Any:
         """mergekit's architecture info for the recipe's models (they are fixed: looked up once per set)."""

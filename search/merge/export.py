@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from objectives.errors import UserError
 from search.merge import mergekit_compat as mk
 from search.merge.engine import MergeResult, ResidentMerger
@@ -60,7 +58,7 @@ def remerge(record: TrialRecord, *, out: str | Path | None = None,
     model there (:func:`save_merge`). A re-merge whose ``weights_sha256`` differs from the recorded one is a
     :class:`UserError`, raised after saving, so the differing model can be inspected.
     """
-    config = mk.load_recipe(yaml.safe_load(record.recipe))
+    config = mk.load_recipe(record.recipe_dict())
     merger = merger or ResidentMerger.from_recipe(config, device=record.merge_device)
     check = record.weights_sha256 is not None
     res = merger.merge(config, record.seed, compute_hash=check or out is not None, threads=record.merge_threads)

@@ -58,6 +58,7 @@ def weights_sha256(model_or_state_dict) -> str:
 
 def hash_model_dir(path: str | Path) -> str:
     """``weights_sha256`` of the tensors in every ``*.safetensors`` file of a saved model folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -67,7 +68,11 @@ def hash_model_dir(path: str | Path) -> str:
                         "`merge-search merge`, `mergekit-yaml` or `save_pretrained`")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
-        for name, t in load_file(str(f)).items():
+        try:
+            loaded = load_file(str(f))
+        except (SafetensorError, OSError) as err:
+            raise UserError(f"{f}: not a readable safetensors file ({err}): save or download it again") from None
+        for name, t in loaded.items():
             if name in tensors:
                 raise UserError(f"tensor {name!r} appears in two shards of {str(p)!r}: the folder is corrupt")
             tensors[name] = t

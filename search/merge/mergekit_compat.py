@@ -9,6 +9,8 @@ mergekit upgrade that breaks an assumption breaks one of the tests named below, 
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ __all__ = [
     "model_ref",
     "open_model",
     "plan_merge_tasks",
+    "recipe_problems",
     "reopen_model",
     "tensor_shapes",
 ]
@@ -43,10 +46,17 @@ def load_recipe(recipe) -> Any:
     source = "recipe"
     if isinstance(recipe, (str, Path)):
         source, recipe = str(recipe), load_yaml(recipe)
+    if not isinstance(recipe, dict):
+        raise UserError(f"{source}: a mergekit recipe is a YAML mapping (merge_method, models, ...), but got "
+                        f"{type(recipe).__name__}")
     try:
-        return MergeConfiguration.model_validate(recipe)
+        config = MergeConfiguration.model_validate(recipe)
     except pydantic.ValidationError as err:
         raise UserError(format_validation_error(err, source)) from None
+    problems = recipe_problems(recipe)
+    if problems:
+        raise UserError(f"{source}: {len(problems)} recipe error(s): " + "; ".join(problems))
+    return config
 
 
 def merge_options(device: str, trust_remote_code: bool = False) -> Any:
@@ -170,3 +180,83 @@ def base_required(method: str) -> bool:
     from mergekit.merge_methods.base import BasePolicy
 
     return mm.get(method).spec.contract.base != BasePolicy.IGNORED
+
+
+# --- strict recipes: mergekit ignores unknown keys (``desnity: 0.5`` would silently be the default) --------
+
+
+def _models_in(annotation) -> list[type]:
+    import typing
+
+    import pydantic
+
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+
+
+def _is_mapping(annotation) -> bool:
+    import typing
+
+    return typing.get_origin(annotation) is dict or any(_is_mapping(a) for a in typing.get_args(annotation))
+
+
+def _close(word: str, options) -> str:
+    found = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {found[0]!r}?)" if found else ""
+
+
+def _walk(value, model: type, where: str, params: set[str] | None, out: list[str]) -> None:
+    """Unknown keys against ``model``'s fields (and ``params``, when known, for a ``parameters`` mapping)."""
+    if not isinstance(value, dict):
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                _walk(item, model, f"{where}[{i}]", params, out)
+        return
+    fields = model.model_fields
+    for key, item in value.items():
+        here = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            out.append(f"{here}: unknown key{_close(str(key), fields)}")
+        elif key == "parameters" and isinstance(item, dict) and params is not None:
+            out += [f"{here}.{k}: not a parameter of this merge method{_close(str(k), params)}"
+                    for k in item if k not in params]
+        elif key == "parameters":
+            continue
+        else:
+            annotation = fields[key].annotation
+            keyed = _is_mapping(annotation) and isinstance(item, dict)  # {name: section}, e.g. modules, tokens
+            for sub in _models_in(annotation):
+                if sub.__name__ in ("ModelReference", "ModelPath"):  # given as a plain string
+                    continue
+                for name, section in (item.items() if keyed else [("", item)]):
+                    _walk(section, sub, f"{here}.{name}" if name else here, params, out)
+
+
+def _non_finite(value, where: str, out: list[str]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        out.append(f"{where}: {value} is not a finite number")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _non_finite(v, f"{where}.{k}" if where else str(k), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _non_finite(v, f"{where}[{i}]", out)
+
+
+def recipe_problems(data: dict) -> list[str]:
+    """What stock mergekit would silently accept but is wrong in a recipe: unknown keys (with a close match),
+    parameter names the merge method does not declare, numbers that are NaN or infinite."""
+    from mergekit.config import MergeConfiguration
+
+    out: list[str] = []
+    method, names = data.get("merge_method"), method_names()
+    params: set[str] | None = None
+    if method in names:
+        shared, per_model = method_parameters(method)
+        params = set(shared) | set(per_model)
+    else:
+        out.append(f"merge_method: unknown merge method {method!r}{_close(str(method), names)}")
+    _walk(data, MergeConfiguration, "", params, out)
+    _non_finite(data, "", out)
+    return out

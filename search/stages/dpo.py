@@ -164,10 +164,14 @@ def load_dpo_config(path: str | Path) -> tuple[DPOStageConfig, int]:
 
 
 def require_data(cfg: DPOStageConfig) -> None:
-    """Fail early (before any merge or model load) when no training data is configured."""
+    """Fail early (before any merge or model load) when no training data is configured, or when a local data
+    file cannot be read or has no usable row layout (rows are checked again, with the tokenizer, later)."""
     if not cfg.data.train:
         raise UserError("dpo.data.train is not set: give a .json/.jsonl/.parquet file or a Hugging Face dataset id "
                         "with system/question/chosen/rejected or prompt/chosen/rejected columns")
+    for source in (cfg.data.train, cfg.data.heldout):
+        if source and Path(source).suffix.lower() in prefdata.FILE_TYPES:
+            prefdata.normalise(prefdata.load_rows(source), source)
 
 
 def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:

@@ -9,7 +9,8 @@ import optuna
 
 from objectives.errors import UserError
 from search.driver.study import feasible_front, is_feasible, ranked_trials
-from search.merge import remerge, versions
+from search.merge import load_recipe, remerge, versions
+from search.preflight import local_models, output_problems, raise_problems
 from search.rundir import TrialRecord
 
 __all__ = ["export_trial", "pick_trial", "winner"]
@@ -62,6 +63,11 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str 
     if out.suffix not in (".yaml", ".yml"):
         raise UserError(f"--out must end in .yaml or .yml, but got {str(out)!r}")
     record = TrialRecord.from_trial(trial, study.study_name)
+    models = [str(m) for m in load_recipe(record.recipe_dict()).referenced_models()]
+    problems = output_problems(out, what="--out", inputs=local_models(models), file=True)
+    problems += [f"--out {str(p)!r} exists and is not an earlier export: choose another --out"
+                 for p in (out, out.with_suffix(".json")) if p.is_file() and not _is_export(out)]
+    raise_problems(problems, "export")
     if record.weights_sha256 is None:
         raise UserError(f"trial {trial.number} ({trial.state.name}) was never merged and scored, so it has no "
                         "weights_sha256 to reproduce: pick a COMPLETE or PRUNED --trial")
@@ -71,3 +77,12 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str 
     out.write_text(record.recipe if record.recipe.endswith("\n") else record.recipe + "\n", encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(record.sidecar(out.name, versions()), indent=1), encoding="utf-8")
     return record
+
+
+def _is_export(recipe_file: Path) -> bool:
+    """Whether ``recipe_file`` and its sidecar were written by :func:`export_trial`."""
+    try:
+        TrialRecord.load_export(recipe_file)
+    except (UserError, TypeError):
+        return False
+    return True

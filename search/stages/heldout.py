@@ -32,6 +32,8 @@ from objectives.schema import load_json
 from search.config import RunConfig
 from search.driver.study import load_study, ranked_trials
 from search.merge import ResidentMerger, record_of, remerge
+from search.merge.sources import source_problems
+from search.preflight import local_models, output_problems, owner_problems, raise_problems
 from search.rundir import RunDir, TrialRecord
 
 __all__ = ["Candidate", "HeldoutReport", "ModelScores", "evaluate_candidates", "evaluate_models", "format_table",
@@ -205,9 +207,13 @@ def evaluate_models(cfg: RunConfig, out: str | Path, *, recipes: list[str] | Non
     missing = [r for r in recipes or [] if not Path(r).is_file()]
     if missing:
         raise UserError(f"--recipe: file(s) {missing} do not exist: pass mergekit YAML recipe paths")
+    folder = RunDir(Path(out))
+    problems = output_problems(folder.root, what="--out", inputs=local_models(cfg.space.model_paths()))
+    problems += owner_problems(cfg, folder, redo="heldout")
+    problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
+    raise_problems(problems, "evaluate")
     trials = top_trials(run, top_k) if run else []
     report = evaluate_candidates(Objective(cfg.objective), candidates(cfg, list(recipes or []), trials), log=log)
-    folder = RunDir(Path(out))
     report.save(folder)
     log(f"wrote {folder.heldout_json} and {folder.heldout_md}")
     return report

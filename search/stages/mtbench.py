@@ -19,10 +19,12 @@ from objectives.mtbench.client import HttpSettings
 from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
-from objectives.mtbench.run import SCORES_FILE, run_mtbench
+from objectives.mtbench.run import SCORES_FILE, rated, run_mtbench
 from objectives.schema import load_yaml, validate
 from search.config import RunConfig, load_run_config
 from search.merge import record_of, remerge
+from search.merge.sources import model_folder_problems
+from search.preflight import raise_problems
 from search.rundir import RunDir
 
 __all__ = ["chat_model", "mtbench_config", "mtbench_models", "run_mtbench_stage"]
@@ -57,6 +59,7 @@ def chat_model(source: str, cfg: MTBenchConfig, *, endpoint_model: str | None = 
             retries=j.retries, backoff_s=j.backoff_s, max_backoff_s=j.max_backoff_s, timeout_s=j.timeout_s))
     path = Path(source)
     if path.is_dir():
+        raise_problems(model_folder_problems(path, "--model"), "mtbench")
         return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         record = record_of(path, seed=merge_seed, device=cfg.device)
@@ -89,7 +92,7 @@ def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
     names, scores = [], []
     for name, path in mtbench_models(cfg, run).items():
         out = run.mtbench_model(name)
-        if not (out / SCORES_FILE).is_file():  # per-model resume
+        if not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # per-model resume
             if not path.is_dir():
                 raise UserError(f"mtbench: model folder {str(path)!r} for {name!r} is missing: re-run with "
                                 "--from dpo (or download the source model)")

@@ -27,6 +27,7 @@ from objectives.errors import UserError
 from objectives.preference import encode_pair
 
 __all__ = [
+    "FILE_TYPES",
     "CHATML_TEMPLATE",
     "LAYOUTS",
     "BadRows",
@@ -48,6 +49,7 @@ CHATML_TEMPLATE = (
 )
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+FILE_TYPES = tuple(_FILE_BUILDERS)  # suffixes of local preference files
 
 
 @dataclass
@@ -90,6 +92,8 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
             if builder is None:
                 raise UserError(f"preference data {source!r}: unsupported file type {path.suffix!r}: "
                                 "use .json, .jsonl or .parquet")
+            if path.suffix.lower() == ".jsonl":
+                _check_jsonl(path, source)
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             ds = datasets.load_dataset(source, split=split)
@@ -100,6 +104,31 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
         raise UserError(f"preference data {source!r} could not be loaded ({type(err).__name__}: {first}): "
                         "check the path/dataset id, the split and that every row has the same column types") from None
     return list(ds)
+
+
+def _check_jsonl(path: Path, source: str) -> None:
+    """An empty JSONL file, or a line that is not one JSON object, named by its line number."""
+    import json
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"preference data {source!r} is not UTF-8 text: save it as UTF-8") from None
+    rows = 0
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"preference data {source!r} line {n}: not valid JSON ({err.msg}): one JSON object "
+                            "per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"preference data {source!r} line {n}: expected a JSON object, got "
+                            f"{type(row).__name__}")
+        rows += 1
+    if rows == 0:
+        raise UserError(f"preference data {source!r} has no rows: give a file with at least one preference pair")
 
 
 def detect_layout(columns: set[str], source: str) -> str:

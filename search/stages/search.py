@@ -19,11 +19,13 @@ from typing import Any
 
 import optuna
 
+from objectives.errors import UserError
 from search.config import RunConfig, save_run_config
 from search.driver.driver import Driver, DriverResult, init_ray
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
 from search.driver.workers import MergeEvalWorker
 from search.merge import params_from_recipe, recipe_text, suggest_params
+from search.preflight import raise_problems, run_problems
 from search.rundir import RunDir, RunManifest
 
 __all__ = ["SearchSummary", "run_search", "warm_params"]
@@ -43,6 +45,7 @@ class SearchSummary:
     best_params: dict | None
     best_feasible: bool | None
     interrupted: bool
+    stopped: str | None
     busy_fraction: float
 
     @classmethod
@@ -56,13 +59,18 @@ def warm_params(cfg: RunConfig) -> list[dict[str, Any]]:
     return [params_from_recipe(cfg.space, r) for r in (cfg.recipes or [])]
 
 
-def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = None,
-               progress: bool = True) -> SearchSummary:
+def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = None, progress: bool = True,
+               check: bool = True) -> SearchSummary:
     """Run (or resume) the Ray-parallel search of ``cfg`` in ``run_dir`` until ``search.n_trials`` trials of
-    the study are finished; writes ``resolved.yaml``, ``run.json`` and ``summary.json``."""
+    the study are finished; writes ``resolved.yaml``, ``run.json`` and ``summary.json``.
+
+    ``check``: first check every input (:func:`search.preflight.run_problems`) and refuse, creating nothing,
+    when one is wrong (the pipeline checks once for all its stages and passes False)."""
     run = RunDir(run_dir)
     scfg = cfg.search
     warm = warm_params(cfg)
+    if check:
+        raise_problems(run_problems(cfg, run, address=address), f"cannot search {cfg.name!r}")
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
     study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
                        x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
@@ -81,12 +89,16 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
         study, worker_factory=functools.partial(MergeEvalWorker, cfg),
         suggest=functools.partial(suggest_params, cfg.space), describe=functools.partial(recipe_text, cfg.space),
         n_trials=scfg.n_trials, workers=scfg.workers, seed=cfg.seed, max_retries=scfg.max_retries,
+        max_failures_in_a_row=scfg.max_failures_in_a_row,
         multi_fidelity=scfg.multi_fidelity, num_cpus=scfg.worker_cpus, num_gpus=_worker_gpus(scfg),
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(run.artifacts)),
         artifact_dir=run.upload, progress=progress,
     )
     summary = SearchSummary.of(driver.run())
     run.summary.write_text(_json(dataclasses.asdict(summary)), encoding="utf-8")
+    if summary.stopped:
+        raise UserError(f"search stopped: {summary.stopped}: fix the cause (each trial's fail_reason) and run the "
+                        "same command to resume")
     return summary
 
 

@@ -22,12 +22,13 @@ def suggest(trial):
 
 
 def make(tmp_path, *, pruner="none", n_trials=6, workers=2, worker=None, max_retries=1, on_submit=None,
-         seed=0):
+         seed=0, max_failures_in_a_row=5):
     cfg = SearchConfig(pruner=pruner, n_trials=n_trials, workers=workers, max_retries=max_retries)
     study = open_study(cfg, name="t", run_dir=tmp_path, seed=seed)
     driver = Driver(study, worker_factory=worker or functools.partial(SimulatedWorker, seconds=0.05),
                     suggest=suggest, n_trials=n_trials, workers=workers, seed=seed, max_retries=max_retries,
-                    num_cpus=0.5, on_submit=on_submit, progress=False, poll_seconds=0.1)
+                    num_cpus=0.5, on_submit=on_submit, progress=False, poll_seconds=0.1,
+                    max_failures_in_a_row=max_failures_in_a_row)
     return study, driver
 
 
@@ -46,6 +47,25 @@ def test_two_workers_run_trials_concurrently(tmp_path):
     overlaps = sum(1 for (s0, e0), (s1, e1) in itertools.pairwise(spans) if s1 < e0)
     assert overlaps >= 2  # trials ran side by side, not one after the other
     assert all(isinstance(t.user_attrs["seed"], int) for t in trials)
+
+
+def test_a_search_that_cannot_succeed_stops_with_the_reason(tmp_path):
+    """Every trial fails the same way (as a NaN candidate would): the driver stops after K in a row instead of
+    asking forever, and the study stays resumable (no trial left running)."""
+    worker = functools.partial(SimulatedWorker, raise_on=tuple(range(1000)))
+    study, driver = make(tmp_path, n_trials=4, worker=worker, max_retries=1, max_failures_in_a_row=4)
+    res = driver.run()
+    assert res.stopped and "simulated failure of trial" in res.stopped and "4 trials" in res.stopped
+    assert not res.interrupted and res.complete == 0
+    assert 4 <= res.failed <= 4 + 2  # the trials still running when it gave up finish (and fail) too
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_failures_in_a_row_reset_when_a_trial_finishes(tmp_path):
+    worker = functools.partial(SimulatedWorker, raise_on=(0, 1, 3, 4, 6, 7))  # never 3 failures in a row
+    study, driver = make(tmp_path, n_trials=4, workers=1, worker=worker, max_retries=0, max_failures_in_a_row=3)
+    res = driver.run()
+    assert res.stopped is None and res.complete == 4 and res.failed == 6
 
 
 def test_raising_worker_fails_trial_and_requeues_params(tmp_path):

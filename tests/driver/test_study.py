@@ -16,7 +16,8 @@ def tell(study, values, constraints):
     trial.suggest_float("a", 0, 1)
     for i, c in enumerate(constraints):
         trial.set_constraint(f"{i}:c", c)
-    trial.set_user_attr("recipe", f"# trial {trial.number}\n")  # what export writes
+    recipe = f"# trial {trial.number}\nmerge_method: linear\nmodels:\n- model: a\n  parameters: {{weight: 1.0}}\n"
+    trial.set_user_attr("recipe", recipe)  # what export writes
     trial.set_user_attr("seed", 7)
     trial.set_user_attr("weights_sha256", f"{trial.number:064d}")  # a scored trial
     study.tell(trial, values)
@@ -66,7 +67,7 @@ def test_pipeline_exports_the_best_feasible_primary_of_a_multi_objective_study(t
     for values, c in (([0.9, 0.1], [0.4]), ([0.6, 0.6], [-0.1]), ([0.5, 0.7], [-0.2])):
         tell(study, values, c)
     export_trial(study, winner(load_study(tmp_path)), tmp_path / "best.yaml")
-    assert (tmp_path / "best.yaml").read_text() == "# trial 1\n"
+    assert (tmp_path / "best.yaml").read_text().startswith("# trial 1\n")
     assert '"trial": 1' in (tmp_path / "best.json").read_text()
 
 

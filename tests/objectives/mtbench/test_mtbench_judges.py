@@ -12,6 +12,7 @@ each reply went back to the item that asked for it.
 from __future__ import annotations
 
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def test_mtbench_run_end_to_end_with_http_judge(world, judge_server, tmp_path, m
     rc = main(["mtbench", "run", "--model", str(world.base), "--name", "base", "--questions", str(world.mtbench_questions),
                "--limit", "3", "--max-new-tokens", "12", "--out", str(out), "--judge", "openai", "--judge-url", url,
                "--judge-model", "judge-x", "--judge-api-key-env", KEY_ENV, "--judge-backoff", "0.01",
-               "--judge-timeout", "0.5", "--json"])
+               "--judge-timeout", "0.5", "--no-judge-probe", "--json"])  # the scripted faults are for the run
     assert rc == 0
     answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert [a["question_id"] for a in answers] == [1, 2, 3]
@@ -196,6 +197,37 @@ def test_mtbench_run_end_to_end_with_http_judge(world, judge_server, tmp_path, m
     assert all(KEY not in p.read_text() for p in out.rglob("*") if p.is_file())  # the reply cache too
     qs = load_questions(world.mtbench_questions, 3)
     assert set(scores["categories"]) == {q.category for q in qs}
+
+
+def _silent_port() -> int:
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # a port on which nothing listens
+    return port
+
+
+@pytest.mark.parametrize("probe", [True, False])
+def test_a_judge_that_never_answers_is_a_failure_not_null_scores(world, tmp_path, capsys, probe):
+    """Nothing listens on the judge URL. With the probe the run stops before judging, in one line; without it
+    every judgment is unparsed, so the run exits 2 and says so, and scores.json records the counts (it used
+    to exit 0 with every score null)."""
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps({"question_id": i, "model_id": "m", "choices": [{"turns": ["a", "b"]}]})
+                               + "\n" for i in (1, 2)), encoding="utf-8")
+    out = tmp_path / "run"
+    rc = main(["mtbench", "run", "--answers", str(answers), "--questions", str(world.mtbench_questions), "--limit",
+               "2", "--out", str(out), "--judge", "openai", "--judge-url", f"http://127.0.0.1:{_silent_port()}/v1",
+               "--judge-model", "j", "--judge-retries", "0", "--judge-timeout", "2"]
+              + ([] if probe else ["--no-judge-probe"]))
+    assert rc == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    if probe:
+        assert "did not answer a probe request" in last and not (out / "judge-replies.json").exists()
+        return
+    assert last.startswith("merge-search: error: MT-Bench") and "not one judgment could be rated" in last
+    counts = json.loads((out / "scores.json").read_text())["counts"]
+    assert counts == {"first_turn": 0, "second_turn": 0, "unparsed_first_turn": 2, "unparsed_second_turn": 2}
 
 
 def test_local_hf_judge_replies_in_order(world):

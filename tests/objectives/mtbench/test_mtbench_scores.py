@@ -15,7 +15,8 @@ from search.cli import main
 @pytest.mark.parametrize(
     "reply, rating",
     [("Rating: [[8]]", 8), ("Note: [[7.5]]", 7.5), ("[3] shown first, then [[9]]", 9), ("only [6]", 6),
-     ("Rating: [[x]]", None), ("no rating", None), ("[[10]] and [[2]]", 10)],
+     ("Rating: [[x]]", None), ("no rating", None), ("[[10]] and [[2]]", 10),
+     ("Rating: [[11]]", None), ("Rating: [[0]]", None), ("[[1]]", 1), ("only [12]", None)],  # MT-Bench's 1-10
 )
 def test_parse_rating(reply, rating):
     assert parse_rating(reply) == rating

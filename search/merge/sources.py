@@ -1,0 +1,97 @@
+"""Source models checked before anything is merged or created: folders, weights, architectures and shapes.
+
+Reads only what is cheap: ``config.json`` and the safetensors headers (the index of a sharded checkpoint
+included), never the weights. :class:`~search.merge.engine.ResidentMerger` refuses sources with these
+problems, and the pre-flight checks (:mod:`search.preflight`) report them before a run folder exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from search.merge import mergekit_compat as mk
+
+__all__ = ["is_local", "model_folder_problems", "source_problems"]
+
+_CONVERT = ("convert it once with transformers: AutoModelForCausalLM.from_pretrained(DIR)"
+            ".save_pretrained(NEW_DIR, safe_serialization=True), and name NEW_DIR instead")
+
+
+def is_local(model: str) -> bool:
+    """A folder path rather than a hub id (``owner/name``)."""
+    return model.startswith((".", "/", "~")) or model.count("/") != 1 or Path(model).expanduser().exists()
+
+
+def model_folder_problems(path: str | Path, what: str = "model") -> list[str]:
+    """Problems of a saved model folder: missing, no ``config.json``, no safetensors, an unreadable header."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return [f"{what} {str(path)!r}: no such folder: pass a saved model folder"]
+    if not (p / "config.json").is_file():
+        return [f"{what} {str(path)!r} is not a Hugging Face model folder (no config.json)"]
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        binary = sorted(x.name for x in p.glob("*.bin"))
+        return [f"{what} {str(path)!r} has no *.safetensors weights" + (
+            f" (only {binary[0]}): merge-search reads safetensors only; {_CONVERT}" if binary else "")]
+    problems = []
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as err:
+            problems.append(f"{what} {str(path)!r}: {f.name} is not a readable safetensors file ({err}): "
+                            "download or save it again")
+    return problems
+
+
+def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
+                    trust_remote_code: bool = False) -> list[str]:
+    """Every problem of a set of merge sources (base first): folders and weights that cannot be read, another
+    architecture, or tensor shapes that differ from the base. Empty when they can be merged as they are.
+    The sources stay open in mergekit's loader cache for ``device`` (where a merger then reads them)."""
+    options = mk.merge_options(device, trust_remote_code)
+    problems, refs = [], {}
+    for m in dict.fromkeys([base_model, *models]):
+        if is_local(m) and Path(m).expanduser().exists():
+            found = model_folder_problems(m, "model")
+        elif is_local(m):
+            found = [f"model folder {m!r} does not exist: pass an existing model folder or a hub id (owner/name)"]
+        else:
+            found = []
+        if not found:
+            try:
+                refs[m] = mk.model_ref(m)
+                mk.open_model(refs[m], options)  # kept open in mergekit's loader cache
+            except Exception as err:  # noqa: BLE001 -- hub offline, no weights, bad repo: all user input
+                found = [f"cannot open model {m!r} ({type(err).__name__}: {str(err)[:200]}): pass a local model "
+                         "folder, or a hub id that is downloaded/cached"]
+        problems += found
+    if base_model in refs:
+        problems += _compatibility(base_model, refs, trust_remote_code)
+    return problems
+
+
+def _compatibility(base_model: str, refs: dict, trust_remote_code: bool) -> list[str]:
+    base = refs[base_model]
+    arch = base.config(trust_remote_code=trust_remote_code).architectures
+    base_shapes = mk.tensor_shapes(base)
+    problems = []
+    for m, ref in refs.items():
+        other = ref.config(trust_remote_code=trust_remote_code).architectures
+        if other != arch:
+            problems.append(f"model {m!r} has architecture {other} but the base model {base_model!r} has {arch}: "
+                            "merge only models of one architecture")
+            continue
+        shapes = mk.tensor_shapes(ref)
+        if base_shapes is None or shapes is None or ref is base:
+            continue
+        diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
+        if diff:
+            n = diff[0]
+            problems.append(f"model {m!r} does not match the base model {base_model!r}: tensor {n!r} has shape "
+                            f"{shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) differ): merge only "
+                            "fine-tunes of the same base")
+    return problems

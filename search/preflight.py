@@ -1,0 +1,233 @@
+"""Checks made before anything is created: every problem of a run's inputs and outputs in one error.
+
+A command that starts work (``run``, ``search``, ``evaluate``, ``dpo``, ``mtbench``) calls these in the
+driver process before it creates a run folder, a study or an output, so a bad input costs seconds and leaves
+nothing behind. Each function returns a list of problems (empty: fine); :func:`raise_problems` turns them into
+one :class:`~objectives.errors.UserError`.
+
+* :func:`run_problems`: a run config as a whole: source models (folders, safetensors headers, architectures,
+  shapes), tasks (exist, enough documents), the storage URL, the Ray address, the run folder (writable, not
+  inside a source model, owned by this config).
+* :func:`storage_problems`, :func:`ray_problems`, :func:`output_problems`: one input or output each.
+* :func:`owner_problems`: a run folder belongs to the config that made it (``resolved.yaml``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import yaml
+
+from objectives.errors import UserError
+from objectives.objective import Objective
+from search.config import RunConfig
+from search.merge.sources import is_local, source_problems
+from search.rundir import STAGES, RunDir
+
+__all__ = [
+    "LATER_SECTIONS",
+    "RESOURCE_KEYS",
+    "config_diff",
+    "local_models",
+    "output_problems",
+    "owner_problems",
+    "raise_problems",
+    "ray_problems",
+    "run_problems",
+    "storage_problems",
+]
+
+# Sections that only later stages read: changing them leaves the study valid (redo with --from STAGE).
+LATER_SECTIONS = {"dpo": "dpo", "mtbench": "mtbench", "pipeline": "heldout"}
+# How much is run, not what a trial computes: a search may be extended or run wider with another value.
+RESOURCE_KEYS = {"search.n_trials", "search.workers", "search.worker_cpus", "search.worker_gpus",
+                 "search.max_retries", "search.max_failures_in_a_row"}
+
+
+def raise_problems(problems: list[str], what: str) -> None:
+    """One :class:`UserError` listing every problem (nothing when the list is empty)."""
+    if len(problems) == 1:
+        raise UserError(f"{what}: {problems[0]}")
+    if problems:
+        raise UserError(f"{what}: {len(problems)} problems: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------------ pieces
+
+
+def storage_problems(url: str, *, creating: Path | None = None) -> list[str]:
+    """A storage URL that Optuna cannot use: not a URL, no driver installed, a missing folder, a damaged or
+    unreachable database. ``creating``: the run folder that will hold a default SQLite file (may not exist)."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    where = f"search.storage {url!r}"
+    if "://" not in url:
+        return [f"{where} is not a URL: use sqlite:///PATH/study.db or postgresql://USER@HOST/DB"]
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError as err:
+        return [f"{where} cannot be parsed ({err}): use sqlite:///PATH/study.db or postgresql://USER@HOST/DB"]
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_problems(where, parsed.database, creating)
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=_timeout(parsed))
+        with engine.connect():
+            pass
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+        return [f"{where}: its database driver is not installed ({err}): pip install the driver (for PostgreSQL: "
+                "pip install 'merge-search[postgres]')"]
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        return [f"{where}: cannot connect ({str(err).splitlines()[0][:200]}): check host, port, user and database"]
+    return []
+
+
+def _timeout(parsed) -> dict:
+    return {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+
+
+def _sqlite_problems(where: str, database: str | None, creating: Path | None) -> list[str]:
+    import sqlite3
+
+    if not database or database == ":memory:":
+        return [f"{where} is an in-memory database, lost when the driver ends: give a file, sqlite:///PATH.db"]
+    path = Path(database)
+    if path.is_dir():
+        return [f"{where} names a folder: give a file inside it, e.g. {path / 'studies.db'}"]
+    if path.exists():
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
+                con.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as err:
+            return [f"{where}: {path} is not a readable SQLite database ({err}): restore it, or use another "
+                    "--out / search.storage"]
+        return []
+    folder = path.parent
+    if not folder.is_dir() and not (creating is not None and _inside(folder, creating)):
+        return [f"{where}: folder {str(folder)!r} does not exist: create it, or point the URL elsewhere"]
+    return []
+
+
+def ray_problems(address: str | None, timeout: float = 5.0) -> list[str]:
+    """A Ray address that does not answer within ``timeout`` seconds (None: a private local Ray, fine)."""
+    if not address:
+        return []
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS") or _local_head()
+        if not target:
+            return ["--address auto: no Ray cluster runs on this machine: start one (ray start --head), set "
+                    "RAY_ADDRESS, or pass HOST:PORT of its head"]
+    hostport = target.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return [f"--address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto'"]
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        return [f"--address {address!r}: no Ray head answers at {host}:{port} within {timeout:.0f} s "
+                f"({err.strerror or err}): start it (ray start --head --port {port}) or fix the address"]
+    return []
+
+
+def _local_head() -> str | None:
+    """The address of the Ray head this machine started last (what ``ray.init(address='auto')`` finds)."""
+    import tempfile
+
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    return current.read_text(encoding="utf-8").strip() or None if current.is_file() else None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(path).expanduser().resolve(), Path(folder).expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def _writable(path: Path) -> str | None:
+    """Why ``path`` (a folder, maybe not there yet) cannot be created or written, or None."""
+    p = Path(path).expanduser().absolute()
+    existing = next((a for a in [p, *p.parents] if a.exists()), None)
+    if existing is None or not existing.is_dir():
+        return f"{str(existing or p)!r} is not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{str(existing)!r} is not writable"
+    return None
+
+
+def output_problems(out: str | Path, *, what: str, inputs: list[str | Path] = (), own: set[str] | None = None,
+                    marker: str | None = None, file: bool = False) -> list[str]:
+    """An output that would damage something: ``out`` is or lies inside one of the ``inputs`` (source models, a
+    run's storage), cannot be written, or (a folder) is not empty and not an earlier output of the same command:
+    one holding ``marker``, or only names in ``own``."""
+    out = Path(out)
+    problems = [f"{what} {str(out)!r} is inside the input {str(i)!r}: outputs never overwrite inputs; choose "
+                "another folder" for i in inputs if i is not None and _inside(out, Path(i))]
+    reason = _writable(out.parent if file else out)
+    if reason:
+        problems.append(f"{what} {str(out)!r}: {reason}: choose a writable place")
+    if file and out.is_dir():
+        problems.append(f"{what} {str(out)!r} is a folder: give a file name")
+    if not file and out.is_dir() and not (marker and (out / marker).exists()) and (own is not None or marker):
+        foreign = sorted(p.name for p in out.iterdir() if own is None or p.name not in own)
+        if foreign:
+            problems.append(f"{what} {str(out)!r} is not empty and not an earlier output of this command (it holds "
+                            f"{', '.join(foreign[:3])}): choose a new or empty folder")
+    return problems
+
+
+def local_models(models: list[str]) -> list[str]:
+    """The local folders among model references (hub ids are never written to)."""
+    return [m for m in models if is_local(m)]
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+
+
+def config_diff(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain config trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new), key=str)
+                for k in config_diff(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def owner_problems(cfg: RunConfig, run: RunDir, *, redo: str | None = None) -> list[str]:
+    """A run folder made by another config: keys that change what the study holds are refused always; keys of
+    later stages need ``redo`` (the first stage re-run, ``--from``/``--only``) at or before their stage."""
+    if not run.resolved_config.is_file():
+        return []
+    old = yaml.safe_load(run.resolved_config.read_text(encoding="utf-8"))
+    new = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    keys = [k for k in config_diff(old, new) if k not in RESOURCE_KEYS]
+    study_keys = [k for k in keys if k.split(".")[0] not in LATER_SECTIONS]
+    where = f"run folder {str(run.root)!r} was made with a different config (see its {run.resolved_config.name})"
+    if study_keys:
+        return [f"{where}: {_keys(study_keys)} differ, which changes what its study holds: use another --out"]
+    later = sorted({LATER_SECTIONS[k.split(".")[0]] for k in keys}, key=STAGES.index)
+    if later and (redo is None or STAGES.index(redo) > STAGES.index(later[0])):
+        return [f"{where}: {_keys(keys)} differ: redo the stages they affect with `merge-search run CONFIG "
+                f"--from {later[0]}` (or use another --out)"]
+    return []
+
+
+def _keys(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def run_problems(cfg: RunConfig, run: RunDir, *, address: str | None = None, redo: str | None = None,
+                 models: bool = True, tasks: bool = True) -> list[str]:
+    """Every problem of running ``cfg`` into ``run`` (see the module docstring)."""
+    problems = owner_problems(cfg, run, redo=redo)
+    problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
+    if models:
+        problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
+    if tasks:
+        try:
+            Objective(cfg.objective)
+        except UserError as err:
+            problems.append(str(err))
+    problems += storage_problems(run.storage_url(cfg.search.storage), creating=run.root)
+    problems += ray_problems(address)
+    return problems

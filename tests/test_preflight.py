@@ -1,0 +1,108 @@
+"""The checks before a run starts: who owns a run folder, storage URLs, Ray addresses, outputs, the seed recipe."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from objectives.schema import validate
+from search.config import RunConfig, load_run_config, save_run_config
+from search.preflight import config_diff, output_problems, owner_problems, ray_problems, storage_problems
+from search.rundir import RunDir
+
+BASE = {"name": "t", "space": {"base_model": "b", "models": [{"model": "x"}, {"model": "y"}]},
+        "objective": {"tasks": [{"name": "a"}]}}
+
+
+def cfg(**sections) -> RunConfig:
+    data = {**BASE, **sections}
+    return validate(RunConfig, data, "t")
+
+
+def test_config_diff_names_dotted_keys():
+    assert config_diff({"a": 1, "b": {"c": 2, "d": 3}}, {"a": 1, "b": {"c": 5}, "e": 0}) == ["b.c", "b.d", "e"]
+
+
+def test_owner_problems_by_section(tmp_path):
+    run = RunDir(tmp_path)
+    save_run_config(cfg(), run.resolved_config)
+    assert owner_problems(cfg(), run) == []
+    assert owner_problems(cfg(search={"n_trials": 99, "workers": 8}), run) == []  # more of the same search
+    [study] = owner_problems(cfg(seed=3), run, redo="search")  # what the study holds: never, not even redone
+    assert "seed differ" in study and "another --out" in study
+    [later] = owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run)
+    assert "dpo.train.max_steps" in later and "--from dpo" in later
+    assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="dpo") == []
+    assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="heldout") == []
+    assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="mtbench") != []  # too late to take it
+    assert "--from heldout" in owner_problems(cfg(pipeline={"top_k": 1}), run)[0]
+    assert owner_problems(cfg(seed=3), RunDir(tmp_path / "new")) == []  # a new folder has no owner yet
+
+
+def test_storage_problems(tmp_path):
+    assert storage_problems(f"sqlite:///{tmp_path}/study.db") == []
+    assert "is not a URL" in storage_problems("study.db")[0]
+    assert "does not exist" in storage_problems(f"sqlite:///{tmp_path}/a/b/study.db")[0]
+    assert storage_problems(f"sqlite:///{tmp_path}/a/b/study.db", creating=tmp_path / "a" / "b") == []
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 100)
+    assert "not a readable SQLite database" in storage_problems(f"sqlite:///{bad}")[0]
+    good = tmp_path / "good.db"
+    sqlite3.connect(good).execute("CREATE TABLE t (x)").connection.commit()
+    assert storage_problems(f"sqlite:///{good}") == []
+    assert "search.storage" in storage_problems("postgresql://u@127.0.0.1:1/db")[0]
+
+
+def test_ray_problems():
+    assert ray_problems(None) == []
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert ray_problems(f"127.0.0.1:{port}") == []
+    assert "no Ray head answers" in ray_problems(f"127.0.0.1:{port}", timeout=1)[0]
+    assert "expected HOST:PORT" in ray_problems("somewhere")[0]
+
+
+def test_output_problems(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert "inside the input" in output_problems(model / "out", what="--out", inputs=[model])[0]
+    assert "inside the input" in output_problems(model, what="--out", inputs=[model])[0]
+    assert output_problems(tmp_path / "fresh", what="--out", inputs=[model], own={"a"}) == []
+    assert "not empty" in output_problems(model, what="--out", own={"a"})[0]
+    (model / "merge.json").write_text("{}")
+    assert output_problems(model, what="--out", marker="merge.json") == []  # its own earlier output
+    assert "is not a folder" in output_problems(model / "config.json" / "x", what="--out")[0]
+
+
+def test_seed_recipe_is_skipped_with_a_warning_when_it_does_not_fit(tmp_path, caplog):
+    fixed = {**BASE, "space": {**BASE["space"], "models": [{"model": "x", "parameters": {"weight": 0.7}},
+                                                          {"model": "y"}]}}
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(fixed))
+    with caplog.at_level(logging.WARNING, logger="merge_search"):
+        loaded = load_run_config(path)
+    assert loaded.recipes == []
+    assert "seed recipe is not enqueued" in caplog.text and "weight" in caplog.text
+    path.write_text(yaml.safe_dump(BASE))
+    assert len(load_run_config(path).recipes) == 1  # fits: the seed recipe warm-starts the search
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: a\nname: b\n", "key 'name' appears twice"),
+    ("space: {base_model: b, base_model: c}\n", "key 'base_model' appears twice"),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, expected):
+    from objectives.errors import UserError
+
+    path = Path(tmp_path / "c.yaml")
+    path.write_text(text)
+    with pytest.raises(UserError, match=expected):
+        load_run_config(path)
