@@ -13,8 +13,12 @@ documents in dataset order, so ids are always passed sorted here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +49,40 @@ def task_manager(include_paths: list[str | Path] | None = None, include_defaults
     return TaskManager(include_path=paths or None, include_defaults=include_defaults)
 
 
-def make_lm(model, tokenizer, batch_size: int = 32, device: str | None = None):
-    """lm-eval's ``HFLM`` wrapping the resident ``model`` (a ``PreTrainedModel`` already on its device)."""
+@functools.cache
+def _resident_lm_class() -> type:
+    """lm-eval's ``HFLM`` whose request loops take ``progress`` from the instance (lm-eval's ``evaluate`` gives
+    them no way to turn their bars off); built on first use, so importing this module stays cheap."""
     from lm_eval.models.huggingface import HFLM
 
+    class ResidentHFLM(HFLM):
+        progress = False
+
+        def loglikelihood(self, requests, disable_tqdm: bool | None = None):
+            return super().loglikelihood(requests, disable_tqdm=not self.progress if disable_tqdm is None
+                                         else disable_tqdm)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool | None = None):
+            return super().loglikelihood_rolling(requests, disable_tqdm=not self.progress if disable_tqdm is None
+                                                 else disable_tqdm)
+
+        def generate_until(self, requests, disable_tqdm: bool | None = None):
+            return super().generate_until(requests, disable_tqdm=not self.progress if disable_tqdm is None
+                                          else disable_tqdm)
+
+    return ResidentHFLM
+
+
+def make_lm(model, tokenizer, batch_size: int = 32, device: str | None = None, progress: bool | None = None):
+    """lm-eval's ``HFLM`` wrapping the resident ``model`` (a ``PreTrainedModel`` already on its device).
+
+    ``progress``: lm-eval's per-request progress bars (default: only when ``MERGE_SEARCH_VERBOSE`` is set,
+    as ``merge-search --verbose`` does)."""
     _quiet_lm_eval()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
-                device=device or str(next(model.parameters()).device))
+    lm = _resident_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                              device=device or str(next(model.parameters()).device))
+    lm.progress = bool(os.environ.get("MERGE_SEARCH_VERBOSE")) if progress is None else progress
+    return lm
 
 
 def run_tasks(lm, tasks: list, samples: dict[str, list[int]] | None, *, task_manager=None,
@@ -84,9 +115,13 @@ def run_tasks(lm, tasks: list, samples: dict[str, list[int]] | None, *, task_man
         if task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
         task.set_fewshot_seed(seed=DEFAULT_OTHER_SEED)
-    return evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=bootstrap_iters,
-                    log_samples=log_samples, apply_chat_template=apply_chat_template,
-                    fewshot_as_multiturn=fewshot_as_multiturn)
+    # lm-eval draws a progress bar per task while it builds requests, with no switch to turn it off: unless
+    # asked for (``lm.progress``), what it writes to stderr during the call is dropped (errors still raise)
+    quiet = contextlib.nullcontext() if getattr(lm, "progress", True) else contextlib.redirect_stderr(io.StringIO())
+    with quiet:
+        return evaluate(lm=lm, task_dict=loaded, samples=samples, bootstrap_iters=bootstrap_iters,
+                        log_samples=log_samples, apply_chat_template=apply_chat_template,
+                        fewshot_as_multiturn=fewshot_as_multiturn)
 
 
 def doc_values(out: dict, task: str, metric: str) -> dict[int, float]:

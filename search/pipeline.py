@@ -76,9 +76,7 @@ def _stage_dpo(ctx: _Context) -> None:
     out = ctx.run.dpo
     shutil.rmtree(out.root, ignore_errors=True)  # an unfinished attempt (no marker): start the stage afresh
     remerge(ctx.run.best_record(), out=out.base)
-    metrics = dpo.run_dpo(ctx.cfg.dpo, out.base, out.root)
-    _say(f"DPO held-out preference accuracy {metrics['heldout_before']['pref_accuracy']:.3f} -> "
-         f"{metrics['heldout_after']['pref_accuracy']:.3f}")
+    dpo.run_dpo(ctx.cfg.dpo, out.base, out.root)  # ends with its own summary line
 
 
 def _stage_mtbench(ctx: _Context) -> None:

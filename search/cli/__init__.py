@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
+import warnings
 
 from objectives.errors import UserError
 
@@ -46,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evolutionary merge-search for German LLMs (mergekit + Optuna + Ray + lm-eval).",
     )
     parser.add_argument("--debug", action="store_true", help="show the traceback of a refused input too")
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep the libraries' own progress bars and info logs (lm-eval, transformers, datasets)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _warnings_to_stderr()
+    _library_chatter(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -74,6 +79,24 @@ class _StderrHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         self.stream = sys.stderr
         super().emit(record)
+
+
+def _library_chatter(verbose: bool) -> None:
+    """Unless ``--verbose``: no progress bars or info logs from the libraries (their documented environment
+    switches, read when they are first imported, here and in Ray workers), only merge-search's own."""
+    import optuna
+
+    if verbose:
+        os.environ["MERGE_SEARCH_VERBOSE"] = "1"
+        return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("bitsandbytes", "ray"):  # bitsandbytes: optional CPU kernels missing; ray: start-up notices
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("transformers", "trl", "peft"):  # deprecations inside the libraries, not in our calls
+        warnings.filterwarnings("ignore", category=FutureWarning, module=module)
+    for name, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                        ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)
 
 
 def _warnings_to_stderr() -> None:

@@ -20,6 +20,7 @@ Ctrl-C stops asking and lets the running trials finish; a second Ctrl-C fails (a
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -54,11 +55,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's start-up notices only with ``merge-search --verbose`` (MERGE_SEARCH_VERBOSE)
+    quiet = {"logging_level": logging.INFO if os.environ.get("MERGE_SEARCH_VERBOSE") else logging.ERROR}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, **quiet)
     else:
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, **quiet)
 
 
 @dataclass

@@ -200,10 +200,37 @@ def _dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         per_device_eval_batch_size=t.eval_batch_size, beta=t.beta, loss_type=list(t.loss_type),
         max_length=t.max_length, bf16=rt.precision == "bf16", fp16=rt.precision == "fp16",
-        use_cpu=rt.device == "cpu", gradient_checkpointing=t.gradient_checkpointing,
+        use_cpu=rt.device == "cpu", activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps, logging_first_step=True, save_strategy="no", report_to="none",
-        seed=t.seed, disable_tqdm=False,
+        seed=t.seed, disable_tqdm=True,  # one bar of our own (StepBar) instead of a dict per logging step
     )
+
+
+def _step_bar():
+    """A transformers ``TrainerCallback``: one progress bar over the training steps with the latest loss and
+    implicit-reward accuracy, in place of the Trainer's printed log dicts."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class StepBar(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc="DPO", unit="step", leave=False)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}",
+                                     reward_acc=f"{float(logs.get('rewards/accuracies', float('nan'))):.2f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+            self.bar = None
+
+    return StepBar()
 
 
 def train(cfg: DPOStageConfig, model, tokenizer, data: PrefData, rt: Runtime, out: DPOOutputs):
@@ -221,6 +248,11 @@ def train(cfg: DPOStageConfig, model, tokenizer, data: PrefData, rt: Runtime, ou
                              processing_class=tokenizer, peft_config=lora)
     except ValueError as err:  # e.g. target modules not in the model, an unknown loss_type
         raise UserError(f"dpo: trainer rejected the config: {str(err).splitlines()[0]}") from None
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for quiet in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(quiet)
+    trainer.add_callback(_step_bar())
     trainer.train()
     return trainer
 
@@ -298,11 +330,9 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path) -> dict:
     data = load_data(cfg, tokenizer)
     _log(f"{len(data.train)} train pairs, {len(data.heldout)} held-out pairs")
     before = heldout_scores(cfg, model, tokenizer, data, "held-out before")
-    _log(f"held-out before: {before}")
     files.root.mkdir(parents=True, exist_ok=True)
     trainer = train(cfg, model, tokenizer, data, rt, files)
     after = heldout_scores(cfg, trainer.model, tokenizer, data, "held-out after")
-    _log(f"held-out after: {after}")
     metrics = {"heldout_before": before, "heldout_after": after, "train": train_metrics(trainer, data, cfg)}
     history = list(trainer.state.log_history)
     save_outputs(cfg, trainer, tokenizer, base, rt, files)
@@ -313,7 +343,8 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path) -> dict:
     resolved = {"dpo": cfg.model_dump(mode="json"), "base": str(base),
                 "runtime": {"device": rt.device, "quantized": rt.quantized, "precision": rt.precision}}
     files.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    _log(f"wrote adapter, model, metrics, loss plot and config to {files.root}")
+    _log(f"held-out preference accuracy {before['pref_accuracy']:.3f} -> {after['pref_accuracy']:.3f}, train "
+         f"loss {metrics['train']['loss']:.4f}; adapter, model, metrics and loss plot in {files.root}")
     return metrics
 
 

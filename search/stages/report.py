@@ -3,8 +3,8 @@
 Reads only what the stages wrote (the study storage, ``heldout.json``, ``best.json``, ``dpo/metrics.json``,
 ``dpo/loss.png``, ``mtbench/``) and renders:
 
-* optimization history, parameter importances and a parallel-coordinate plot of the top trials (Optuna's
-  matplotlib visualizations);
+* the search history with pruned trials at the fidelity they stopped at, parameter importances (Optuna's
+  matplotlib visualization) and one panel per searched parameter (:mod:`search.stages.plots`);
 * search-split vs test-split score of every evaluated model (scatter);
 * the DPO loss curve and held-out preference accuracy before/after;
 * the MT-Bench category bars and comparison table.
@@ -20,8 +20,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from search.rundir import RunDir, TrialRecord
 from search.stages.heldout import HeldoutReport
+from search.stages.plots import history_figure, parameter_figure
 
 __all__ = ["headline", "write_report"]
 
@@ -36,43 +39,36 @@ def _save(fig_or_ax, path: Path) -> str:
     from matplotlib.figure import Figure
 
     fig = fig_or_ax if isinstance(fig_or_ax, Figure) else fig_or_ax.figure
-    fig.set_size_inches(8, 4.5)
-    fig.tight_layout()
+    if not isinstance(fig_or_ax, Figure):  # Optuna's plots come at its own small size
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path.name
 
 
 def _study_plots(study, plots: Path) -> list[str]:
-    """Optimization history, importances, top-trial parallel coordinates (each skipped if not computable)."""
-    import optuna
+    """Search history (every finished trial), importances, per-parameter values (each skipped if not computable)."""
+    import warnings
+
     import optuna.visualization.matplotlib as vis
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    lines: list[str] = []
     if not done:
         return ["_No completed trials yet._"]
-    single = len(study.directions) == 1
-    target = None if single else (lambda t: t.values[0])
-    name = None if single else "objective 0"
-    jobs = [("optimization_history", "Optimization history",
-             lambda: vis.plot_optimization_history(study, target=target, target_name=name or "Objective Value"))]
+    target = None if len(study.directions) == 1 else (lambda t: t.values[0])
+    jobs = [("optimization_history", "Optimization history", lambda: history_figure(study))]
     if len(done) >= 2:
         jobs.append(("param_importances", "Parameter importances",
                      lambda: vis.plot_param_importances(study, target=target)))
-        top = sorted(done, key=lambda t: t.values[0], reverse=True)[: max(2, min(10, len(done)))]
-        top_study = optuna.create_study(directions=study.directions)
-        top_study.add_trials(top)
-        jobs.append(("top_trials", f"Densities and weights of the top {len(top)} trials",
-                     lambda: vis.plot_parallel_coordinate(top_study, target=target)))
-    import warnings
-
+        jobs.append(("parameters", "Searched parameters vs objective", lambda: parameter_figure(study)))
+    lines: list[str] = []
     for stem, title, make in jobs:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ax = make()
-            lines += [f"### {title}", "", f"![{title}](plots/{_save(ax, plots / f'{stem}.png')})", ""]
+                fig = make()
+            lines += [f"### {title}", "", f"![{title}](plots/{_save(fig, plots / f'{stem}.png')})", ""]
         except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. importances of a constant space
             lines += [f"### {title}", "", f"_Not available: {err}_", ""]
     return lines
@@ -208,8 +204,6 @@ def write_report(run: str | Path, study=None) -> Path:
 
 
 def _study_section(study, plots: Path) -> list[str]:
-    import optuna
-
     counts = {s.name: sum(t.state == s for t in study.trials) for s in optuna.trial.TrialState}
     return [", ".join(f"{k.lower()}: {v}" for k, v in counts.items() if v) or "no trials", ""] + \
         _study_plots(study, plots)
