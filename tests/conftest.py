@@ -8,8 +8,11 @@ world is reused as is.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,3 +80,64 @@ def kill_when():
                 os.killpg(proc.pid, signal.SIGKILL)
 
     return run
+
+
+def _pg_bin() -> Path | None:
+    """Debian's server programs (initdb, pg_ctl, createdb side by side), else a folder on PATH holding all three."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    if versions:
+        return versions[-1].parent
+    found = shutil.which("pg_ctl")
+    folder = Path(found).parent if found else None
+    return folder if folder and all((folder / p).exists() for p in ("initdb", "createdb")) else None
+
+
+def _ensure_postgres() -> Path:
+    """The folder of PostgreSQL's server programs; Debian's ``postgresql`` is installed when missing (as root)."""
+    found = _pg_bin()
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
+        if subprocess.run(install, check=False, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600)
+            subprocess.run(install, check=False, capture_output=True, timeout=900)
+        found = _pg_bin()
+    if found is None:
+        pytest.skip("PostgreSQL is not installed and cannot be installed here (apt-get install -y postgresql)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A private PostgreSQL server on 127.0.0.1 (a free port, trust auth, a temp data folder), stopped at the
+    end; yields ``createdb(name) -> URL``. As root the server runs as the ``postgres`` user (it refuses root)."""
+    import pwd
+
+    bin_dir = _ensure_postgres()
+    home = Path(tempfile.mkdtemp(prefix="merge-search-pg-"))  # not under pytest's root-only temp folder
+    data = home / "data"
+    user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if user:
+        pw = pwd.getpwnam("postgres")
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*cmd: str) -> None:
+        out = subprocess.run([*user, *cmd], capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "--encoding=UTF8")
+    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {data}"
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start")
+
+    def createdb(name: str) -> str:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
+        return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield createdb
+    finally:
+        subprocess.run([*user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, timeout=120, check=False)
+        shutil.rmtree(home, ignore_errors=True)

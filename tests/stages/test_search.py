@@ -20,8 +20,9 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
+
+from demo_configs import write_config  # tests/demo_configs.py
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -86,27 +87,6 @@ def cluster(tmp_path_factory):
                 os.killpg(p.pid, signal.SIGKILL)
         for f in logs:
             f.close()
-
-
-def write_config(world, path: Path, name: str = "t", objective: dict | None = None, **search) -> Path:
-    """A demo-world run config (absolute paths) with small fidelity stages: 20 then 40 items per task;
-    ``objective`` updates the objective section."""
-    data = {
-        "name": name,
-        "seed": 0,
-        "device": "cpu",
-        "space": {"base_model": str(world.base),
-                  "models": [{"model": str(p), "name": s} for s, p in world.experts.items()],
-                  "merge_method": "dare_ties", "parameters": {"int8_mask": True}, "dtype": "float32"},
-        "objective": {"include_paths": [str(world.include_path)], "include_defaults": False,
-                      "tasks": [{"name": t, "subset": 40} for t in world.tasks["search"].values()],
-                      "stages": [20, "all"], "batch_size": 32},
-        "search": {"workers": 2, "n_trials": 4, "pruner": "none", "n_startup_trials": 2, **search},
-    }
-    data["objective"].update(objective or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
