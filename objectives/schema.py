@@ -61,6 +61,8 @@ def load_json(path: str | Path, missing_fix: str) -> Any:
     import json
 
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise UserError(f"{str(p)!r} is not a file (a folder or a device): {missing_fix}")
     if not p.is_file():
         raise UserError(f"{str(p)!r} does not exist: {missing_fix}")
     try:
@@ -102,6 +104,8 @@ def load_yaml(path: str | Path) -> Any:
     """Read a YAML file: a missing or unreadable file, text that is not UTF-8, a syntax error or a duplicate key
     is a one-line :class:`UserError`."""
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise UserError(f"config file {str(p)!r} is not a file (a folder or a device): pass the path of a YAML file")
     if not p.is_file():
         raise UserError(f"config file {str(p)!r} does not exist: pass the path of a YAML file")
     try:

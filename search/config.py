@@ -61,7 +61,7 @@ class WorldConfig(Strict):
     (:func:`search.stages.world.ensure_world`)."""
 
     path: Path = Path("results/demo-world")
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1)
 
 
 class PipelineConfig(Strict):
@@ -75,7 +75,7 @@ class RunConfig(Strict):
     """A whole run: search space, objective, hand recipes and run-wide settings."""
 
     name: str = pydantic.Field(pattern=r"^[A-Za-z0-9._-]+$")
-    seed: int = 0
+    seed: int = pydantic.Field(0, ge=0, le=2**31 - 2)  # trial seeds are derived from it (numpy/torch seed range)
     device: Literal["cpu", "cuda", "auto"] = "auto"
     world: WorldConfig | None = None
     space: SpaceConfig

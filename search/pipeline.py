@@ -25,7 +25,7 @@ from objectives.errors import UserError
 from search.config import RunConfig, save_run_config
 from search.driver.study import load_study
 from search.merge import remerge
-from search.preflight import raise_problems, run_problems
+from search.preflight import raise_problems, run_problems, stage_input_problems
 from search.rundir import STAGES, RunDir
 from search.stages import dpo, export, heldout, mtbench, report, search
 from search.stages.world import ensure_world
@@ -120,7 +120,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
         raise UserError(f"stage {stages[0]!r} needs {missing} first: run without --only, or with --from {missing[0]}")
     ensure_world(cfg)  # the demo world's models are inputs the checks read
     redo = stages[0] if (from_stage or only) else None
-    raise_problems(run_problems(cfg, run, address=address, redo=redo), f"cannot run {cfg.name!r}")
+    raise_problems(run_problems(cfg, run, address=address, redo=redo) + stage_input_problems(cfg, stages),
+                   f"cannot run {cfg.name!r}")
     run.root.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, run.resolved_config)
     if redo:

@@ -16,27 +16,33 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from pathlib import Path
 
+import optuna
 import yaml
 
 from objectives.errors import UserError
 from objectives.objective import Objective
 from search.config import RunConfig
 from search.merge.sources import is_local, source_problems
-from search.rundir import STAGES, RunDir
+from search.rundir import STAGES, RunDir, TrialAttr
 
 __all__ = [
     "LATER_SECTIONS",
     "RESOURCE_KEYS",
     "config_diff",
+    "device_problems",
     "local_models",
     "output_problems",
     "owner_problems",
     "raise_problems",
     "ray_problems",
     "run_problems",
+    "stage_input_problems",
     "storage_problems",
+    "study_fingerprint",
+    "study_owner_problems",
 ]
 
 # Sections that only later stages read: changing them leaves the study valid (redo with --from STAGE).
@@ -151,8 +157,11 @@ def _writable(path: Path) -> str | None:
     existing = next((a for a in [p, *p.parents] if a.exists()), None)
     if existing is None or not existing.is_dir():
         return f"{str(existing or p)!r} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{str(existing)!r} is not writable"
+    try:  # by trying: permission bits say nothing about read-only mounts or /proc
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"{str(existing)!r} is not writable ({err.strerror or err})"
     return None
 
 
@@ -193,6 +202,38 @@ def config_diff(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def study_fingerprint(cfg: RunConfig) -> dict:
+    """The keys of ``cfg`` that decide what a study's trials mean (not later stages, not how much is run)."""
+    data = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    for section in LATER_SECTIONS:
+        data.pop(section, None)
+    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"}:  # where the study is, not what it holds
+        section, name = key.split(".")
+        data.get(section, {}).pop(name, None)
+    return data
+
+
+def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
+    """A study in the storage that another config made (its recorded fingerprint differs): its trials would
+    be mixed with this config's. Reads an existing database only (never creates one)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return []
+    name = cfg.search.study_name or cfg.name
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return []
+    recorded = study.user_attrs.get(TrialAttr.STUDY_CONFIG)
+    keys = config_diff(recorded, study_fingerprint(cfg)) if recorded is not None else []
+    if keys:
+        return [f"study {name!r} in {url} was made by a different config: {_keys(keys)} differ, so its trials "
+                "would be mixed: set search.study_name to a new name, or use another storage"]
+    return []
+
+
 def owner_problems(cfg: RunConfig, run: RunDir, *, redo: str | None = None) -> list[str]:
     """A run folder made by another config: keys that change what the study holds are refused always; keys of
     later stages need ``redo`` (the first stage re-run, ``--from``/``--only``) at or before their stage."""
@@ -228,6 +269,47 @@ def run_problems(cfg: RunConfig, run: RunDir, *, address: str | None = None, red
             Objective(cfg.objective)
         except UserError as err:
             problems.append(str(err))
-    problems += storage_problems(run.storage_url(cfg.search.storage), creating=run.root)
+    storage = storage_problems(run.storage_url(cfg.search.storage), creating=run.root)
+    problems += storage or study_owner_problems(cfg, run.storage_url(cfg.search.storage))
     problems += ray_problems(address)
+    problems += device_problems(cfg, address)
+    tok = cfg.space.tokenizer_source
+    if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
+        problems.append(f"space.tokenizer_source {tok!r} is not a folder: give a model folder, 'base' or 'union'")
+    return problems
+
+
+def device_problems(cfg: RunConfig, address: str | None) -> list[str]:
+    """GPUs asked for that a local run does not have (a cluster's GPUs are its own business)."""
+    import torch
+
+    if address:
+        return []
+    gpus = torch.cuda.device_count()
+    problems = []
+    if cfg.device == "cuda" and gpus == 0:
+        problems.append("device is 'cuda' but torch sees no CUDA device here: set device: cpu (or auto), or pass "
+                        "--address of a GPU cluster")
+    if cfg.search.worker_gpus and cfg.search.worker_gpus > gpus:
+        problems.append(f"search.worker_gpus {cfg.search.worker_gpus} but this machine has {gpus} GPU(s): a local "
+                        "search would wait forever; lower it, or pass --address of a GPU cluster")
+    return problems
+
+
+def stage_input_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
+    """Inputs of later stages that can be checked before the search starts: the DPO data and the MT-Bench
+    questions (local files must exist)."""
+    problems = []
+    if "dpo" in stages:
+        for key, source in (("dpo.data.train", cfg.dpo.data.train), ("dpo.data.heldout", cfg.dpo.data.heldout)):
+            if source is None and key == "dpo.data.train":
+                problems.append(f"{key} is not set: give the preference pairs the DPO stage trains on")
+            elif source and (source.startswith((".", "/", "~")) or Path(source).suffix) and not Path(source).is_file():
+                problems.append(f"{key} {source!r} does not exist: give a .json/.jsonl/.parquet file or a dataset id")
+    if "mtbench" in stages:
+        q = cfg.mtbench.questions
+        if q is None:
+            problems.append("mtbench.questions is not set: give a FastEval .json, FastChat .jsonl or dataset id")
+        elif (q.startswith((".", "/", "~")) or Path(q).suffix) and not Path(q).is_file():
+            problems.append(f"mtbench.questions {q!r} does not exist: give a question file or a dataset id")
     return problems

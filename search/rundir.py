@@ -76,6 +76,7 @@ class TrialAttr:
     STARTED = "started"
     ENDED = "ended"
     STUDY_WARM_ENQUEUED = "warm_start_enqueued"  # a *study* attribute: hand recipes were enqueued
+    STUDY_CONFIG = "merge_search_config"  # a *study* attribute: the config keys that decide what its trials mean
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -267,7 +268,7 @@ class DPOOutputs:
 class RunManifest:
     """``RUN/run.json``: where the study lives, so every command can find it from the folder alone."""
 
-    storage: str
+    storage: str | None  # None: the folder's own study.db (so a moved or copied folder keeps working)
     study_name: str
 
 
@@ -366,10 +367,11 @@ class RunDir:
         """The manifest, or (for a folder holding only ``study.db``) one for its SQLite file; None otherwise."""
         if self.manifest.is_file():
             data = load_json(self.manifest, "")
-            if not isinstance(data, dict) or not isinstance(data.get("storage"), str):
+            if not isinstance(data, dict) or not isinstance(data.get("storage") or "", str):
                 raise UserError(f"{self.manifest}: a run manifest holds {{\"storage\": URL, \"study_name\": "
                                 "NAME}: restore it, or pass the storage URL instead of the folder")
-            return RunManifest(storage=data["storage"], study_name=data.get("study_name"))
+            return RunManifest(storage=data.get("storage") or self.default_storage_url(),
+                               study_name=data.get("study_name"))
         if self.study_db.is_file():
             return RunManifest(storage=self.default_storage_url(), study_name=None)
         return None

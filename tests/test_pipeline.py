@@ -50,7 +50,8 @@ def run_cmd(config: Path, run: Path, *extra: str, timeout: int = 900) -> subproc
 
 def trials(run: Path) -> list[optuna.trial.FrozenTrial]:
     info = json.loads((run / "run.json").read_text())
-    return optuna.load_study(study_name=info["study_name"], storage=info["storage"]).get_trials()
+    assert info["storage"] is None  # the folder's own study.db: a moved or copied folder keeps working
+    return optuna.load_study(study_name=info["study_name"], storage=f"sqlite:///{run / 'study.db'}").get_trials()
 
 
 def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, kill_when):

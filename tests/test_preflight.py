@@ -106,3 +106,18 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, text, expected):
     path.write_text(text)
     with pytest.raises(UserError, match=expected):
         load_run_config(path)
+
+
+def test_a_study_records_its_config_and_refuses_another(tmp_path):
+    import optuna
+
+    from search.preflight import study_fingerprint, study_owner_problems
+    from search.rundir import TrialAttr
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    assert study_owner_problems(cfg(), url) == [] and not (tmp_path / "shared.db").exists()  # never created
+    study = optuna.create_study(study_name="t", storage=url)
+    study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg()))
+    assert study_owner_problems(cfg(search={"n_trials": 99, "storage": url}), url) == []
+    [problem] = study_owner_problems(cfg(space={**BASE["space"], "merge_method": "ties"}), url)
+    assert "space.merge_method" in problem and "study_name" in problem

@@ -12,6 +12,7 @@ Every backend maps a list of :class:`JudgeItem` to reply strings, in order:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -51,7 +52,8 @@ class HttpJudge:
     def probe(self) -> None:
         """One short request (with the configured retries): a judge that cannot answer it is a
         :class:`UserError` before any answer is generated, not a run of unrated judgments."""
-        [reply] = chat_all(self.settings, [([{"role": "user", "content": "Antworte nur mit: OK"}], 0.0)],
+        settings = dataclasses.replace(self.settings, retries=min(self.settings.retries, 1))
+        [reply] = chat_all(settings, [([{"role": "user", "content": "Antworte nur mit: OK"}], 0.0)],
                            desc="judge probe")
         if reply.startswith(ERROR_REPLY):
             raise UserError(f"the judge at {self.settings.base_url} did not answer a probe request "

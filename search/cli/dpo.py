@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from objectives.errors import UserError
+from search.cli import types
 from search.merge import load_recipe, record_of, remerge
 from search.merge.sources import model_folder_problems
 from search.preflight import local_models, output_problems, raise_problems
@@ -34,6 +35,9 @@ def _check(args: argparse.Namespace, cfg, out: DPOOutputs) -> None:
     """Every problem of the inputs and the output folder, before anything is merged or written."""
     if out.metrics.exists():
         raise UserError(f"--out {str(out.root)!r} already holds a DPO run ({out.metrics.name}): give a new folder")
+    if (args.weights_sha256 or args.merge_threads or args.seed is not None) and not args.recipe:
+        raise UserError("--weights-sha256, --merge-threads and --seed describe the --recipe re-merge: pass --recipe "
+                        "too, or drop them")
     require_data(cfg)
     model = args.model or (None if args.recipe else cfg.model)
     inputs = local_models([str(m) for m in load_recipe(args.recipe).referenced_models()]) if args.recipe else []
@@ -71,12 +75,12 @@ def register(subparsers) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="base model folder (a saved Hugging Face model); default: dpo.model")
     src.add_argument("--recipe", help="mergekit YAML recipe: re-merged into OUT/base first")
-    p.add_argument("--seed", type=int, default=None, help="merge seed for --recipe (default: the run config's seed)")
-    p.add_argument("--merge-device", default="cpu", help="device of the --recipe re-merge; DARE masks depend on "
+    p.add_argument("--seed", type=types.seed, default=None, help="merge seed for --recipe (default: the run config's seed)")
+    p.add_argument("--merge-device", type=types.device, default="cpu", help="device of the --recipe re-merge; DARE masks depend on "
                                                          "it (default cpu)")
-    p.add_argument("--merge-threads", type=int, default=None,
+    p.add_argument("--merge-threads", type=types.positive_int, default=None,
                    help="torch CPU threads of the --recipe re-merge: pass the trial's merge_threads so a CPU merge "
                         "reproduces its weights_sha256 (default: torch's current count)")
-    p.add_argument("--weights-sha256", help="expected weights_sha256 of the --recipe re-merge (from the trial)")
+    p.add_argument("--weights-sha256", type=types.sha256, help="expected weights_sha256 of the --recipe re-merge (from the trial)")
     p.add_argument("--out", help="output folder (default: dpo.output_dir)")
     p.set_defaults(func=_run)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from search.cli import types
 from search.merge import hash_model_dir, load_recipe, merge_to_dir
 from search.merge.export import SIDECAR_FILE
 from search.preflight import local_models, output_problems, raise_problems
@@ -36,9 +37,9 @@ def register(subparsers) -> None:
     )
     p.add_argument("recipe", help="mergekit YAML recipe (what `mergekit-yaml` reads)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="random seed for DARE masks (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda; masks depend on it (default cpu)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--seed", type=types.seed, default=0, help="random seed for DARE masks (default 0)")
+    p.add_argument("--device", type=types.device, default="cpu", help="cpu or cuda; masks depend on it (default cpu)")
+    p.add_argument("--threads", type=types.positive_int, default=None,
                    help="torch CPU threads for the merge; CPU bits depend on it, so pass a trial's merge_threads "
                         "to reproduce it (default: torch's current count)")
     p.set_defaults(func=_merge)

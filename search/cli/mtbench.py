@@ -18,6 +18,7 @@ from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.questions import load_questions
 from objectives.mtbench.run import OUTPUT_NAMES, run_mtbench, write_json
 from objectives.mtbench.scores import compute_scores, load_judge_replies
+from search.cli import types
 from search.merge import load_recipe
 from search.preflight import local_models, output_problems, raise_problems
 from search.stages.mtbench import chat_model, mtbench_config
@@ -79,8 +80,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError("mtbench run: pass exactly one of --model SOURCE or --answers FILE")
     name = args.name or (Path(args.model).stem if args.model and not args.model.startswith("http") else
                          args.endpoint_model or "answers")
-    raise_problems(output_problems(args.out, what="--out", inputs=_inputs(args.model), own=OUTPUT_NAMES),
-                   "mtbench run")
+    problems = output_problems(args.out, what="--out", inputs=_inputs(args.model), own=OUTPUT_NAMES)
+    problems += [f"--out {args.out!r} would overwrite the input {str(f)!r}: choose another --out"
+                 for f in (cfg.questions, args.answers) if f and Path(f).is_file()
+                 and Path(f).resolve().parent == Path(args.out).resolve() and Path(f).name in OUTPUT_NAMES]
+    raise_problems(problems, "mtbench run")
     model = chat_model(args.model, cfg, endpoint_model=args.endpoint_model,
                        endpoint_api_key_env=args.endpoint_api_key_env, merge_seed=args.merge_seed) \
         if args.model else None
@@ -91,6 +95,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
+    if args.out:
+        raise_problems(output_problems(args.out, what="--out", inputs=[args.replies, args.questions], file=True),
+                       "mtbench rescore")
     scores = compute_scores(load_judge_replies(args.replies), load_questions(args.questions))
     if args.out:
         write_json(Path(args.out), scores)
@@ -136,9 +143,9 @@ def register(subparsers) -> None:
     r.add_argument("--max-new-tokens", type=int, help="answer length cap (default 1024)")
     r.add_argument("--batch-size", type=int, help="generation batch size")
     r.add_argument("--limit", type=int, help="only the first N questions (smoke runs)")
-    r.add_argument("--seed", type=int, help="sampling seed")
-    r.add_argument("--device", help="cpu or cuda")
-    r.add_argument("--merge-seed", type=int, default=0, help="DARE seed when --model is a recipe")
+    r.add_argument("--seed", type=types.seed, help="sampling seed")
+    r.add_argument("--device", type=types.device, help="cpu, cuda or cuda:N")
+    r.add_argument("--merge-seed", type=types.seed, default=0, help="DARE seed when --model is a recipe")
     r.add_argument("--endpoint-model", help="model name at the endpoint when --model is a URL")
     r.add_argument("--endpoint-api-key-env", default="OPENAI_API_KEY", help="env var holding the endpoint's key")
     r.add_argument("--judge", choices=["openai", "hf", "standin"], help="judge backend (default standin)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from search.cli import types
+
 __all__ = ["register"]
 
 
@@ -16,7 +18,7 @@ def register(sub) -> None:
     b = dsub.add_parser("build", help="build a world (a quick no-op if it is already complete)",
                         description="Build the demo world into --out (about 2-3 minutes on 2 CPU cores).")
     b.add_argument("--out", required=True, help="folder to build the world in (new or empty)")
-    b.add_argument("--seed", type=int, default=0, help="seed that fully determines the world (default 0)")
+    b.add_argument("--seed", type=types.seed, default=0, help="seed that fully determines the world (default 0)")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_build)
     r = dsub.add_parser("report", help="evaluate base and experts on the test split with lm-eval",

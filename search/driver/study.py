@@ -34,7 +34,7 @@ user attribute records it, and :meth:`optuna.Study.enqueue_trial` skips paramete
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import optuna
 import sqlalchemy
@@ -82,12 +82,12 @@ class SearchConfig(Strict):
     n_startup_trials: int = Field(8, ge=0, description="random trials before tpe/gp model the space")
     pruner: Literal["successive_halving", "hyperband", "none"] = "successive_halving"
     reduction_factor: int = Field(3, ge=2, description="successive halving / hyperband reduction factor")
-    min_resource: int | Literal["auto"] = Field(
+    min_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="items evaluated before the first pruning decision ('auto': first stage's)")
     multi_fidelity: bool = Field(
         True, description="run the objective's fidelity stages one after the other (false: final stage only)")
     n_trials: int = Field(30, ge=1)
-    workers: int = Field(2, ge=1, description="trials in flight (one Ray actor each)")
+    workers: int = Field(2, ge=1, le=4096, description="trials in flight (one Ray actor each)")
     worker_cpus: float = Field(1.0, gt=0)
     worker_gpus: float | None = Field(
         None, ge=0, description="GPUs per worker; default: 1 when the Ray cluster has GPUs, else 0")
@@ -206,9 +206,10 @@ def open_study(
             directions=directions,
             load_if_exists=True,
         )
-    except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:  # bad URL, no driver, damaged DB
-        raise UserError(f"search.storage {storage!r} cannot be opened: {err}; "
-                        "use sqlite:///PATH or an RDB URL such as postgresql://user@host/db") from None
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:  # no driver, damaged or unreachable database
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"search.storage {storage!r} cannot be opened ({first}): use sqlite:///PATH or an RDB "
+                        "URL such as postgresql://user@host/db") from None
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
         raise UserError(
             f"study {study.study_name!r} in {storage} has directions "

@@ -208,7 +208,9 @@ def evaluate_models(cfg: RunConfig, out: str | Path, *, recipes: list[str] | Non
     if missing:
         raise UserError(f"--recipe: file(s) {missing} do not exist: pass mergekit YAML recipe paths")
     folder = RunDir(Path(out))
-    problems = output_problems(folder.root, what="--out", inputs=local_models(cfg.space.model_paths()))
+    own = None if folder.read_manifest() or folder.resolved_config.is_file() else {
+        folder.heldout_json.name, folder.heldout_md.name}  # a run folder, or a folder of its own
+    problems = output_problems(folder.root, what="--out", inputs=local_models(cfg.space.model_paths()), own=own)
     problems += owner_problems(cfg, folder, redo="heldout")
     problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
     raise_problems(problems, "evaluate")

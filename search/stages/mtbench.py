@@ -58,6 +58,11 @@ def chat_model(source: str, cfg: MTBenchConfig, *, endpoint_model: str | None = 
             base_url=source, model=endpoint_model, api_key_env=endpoint_api_key_env, concurrency=j.concurrency,
             retries=j.retries, backoff_s=j.backoff_s, max_backoff_s=j.max_backoff_s, timeout_s=j.timeout_s))
     path = Path(source)
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"mtbench.device {cfg.device!r} but torch sees no CUDA device: use --device cpu")
     if path.is_dir():
         raise_problems(model_folder_problems(path, "--model"), "mtbench")
         return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)

@@ -25,8 +25,8 @@ from search.driver.driver import Driver, DriverResult, init_ray
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
 from search.driver.workers import MergeEvalWorker
 from search.merge import params_from_recipe, recipe_text, suggest_params
-from search.preflight import raise_problems, run_problems
-from search.rundir import RunDir, RunManifest
+from search.preflight import raise_problems, run_problems, study_fingerprint
+from search.rundir import RunDir, RunManifest, TrialAttr
 
 __all__ = ["SearchSummary", "run_search", "warm_params"]
 
@@ -74,8 +74,10 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
     study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
                        x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
+    if TrialAttr.STUDY_CONFIG not in study.user_attrs:
+        study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg))
     save_run_config(cfg, run.resolved_config)
-    run.write_manifest(RunManifest(storage=run.storage_url(scfg.storage), study_name=study.study_name))
+    run.write_manifest(RunManifest(storage=scfg.storage, study_name=study.study_name))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     orphans = fail_orphans(study, scfg.max_retries)
     if orphans:

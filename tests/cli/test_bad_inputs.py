@@ -20,7 +20,8 @@ import yaml
 
 from search.cli import main
 from search.config import load_run_config, save_run_config
-from search.rundir import RunDir, RunManifest
+from search.preflight import study_fingerprint
+from search.rundir import RunDir, RunManifest, TrialAttr
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,7 +88,8 @@ def scene(world, tmp_path_factory) -> Scene:
     run = RunDir(root / "run")
     save_run_config(cfg, run.resolved_config)
     study = optuna.create_study(storage=run.default_storage_url(), study_name=cfg.name, direction="maximize")
-    run.write_manifest(RunManifest(storage=run.default_storage_url(), study_name=cfg.name))
+    study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg))  # as the search stage records it
+    run.write_manifest(RunManifest(storage=None, study_name=cfg.name))
     recipe = yaml.safe_dump(_recipe(world))
     attrs = {"recipe": recipe, "seed": 1, "weights_sha256": "0" * 64, "merge_device": "cpu", "merge_threads": 1}
     study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=attrs))
@@ -133,9 +135,6 @@ def _damaged_run(scene: Scene) -> Path:
     if not run.exists():
         shutil.copytree(scene.run, run)
         (run / "study.db").write_bytes(b"this is not a database" * 10)
-        data = json.loads((run / "run.json").read_text())
-        data["storage"] = f"sqlite:///{run / 'study.db'}"
-        (run / "run.json").write_text(json.dumps(data))
     return run
 
 
@@ -277,12 +276,56 @@ CASES = [
     ("evaluate-out-in-source", lambda s: ["evaluate", str(s.config), "--out", str(s.world.base / "eval")],
      "inside the input"),
     ("unknown-stage", lambda s: ["run", str(s.config), "--from", "merge"], "invalid choice"),
+    # found by trying the CLI as a hostile user
+    ("config-is-a-folder", lambda s: ["search", str(s.root)], "is not a file"),
+    ("huge-seed", lambda s: ["search", str(s.config_with("seed.yaml", seed=2**70)), "--out", str(s.root / "never")],
+     "seed"),
+    ("min-resource-zero", lambda s: ["search", str(s.config_with("minres.yaml", search__min_resource=0)), "--out",
+                                     str(s.root / "never")], "min_resource"),
+    ("cuda-without-gpu", lambda s: ["search", str(s.config_with("cuda.yaml", device="cuda")), "--out",
+                                    str(s.root / "never")], "no CUDA device"),
+    ("gpus-not-here", lambda s: ["search", str(s.config_with("gpus.yaml", search__worker_gpus=4)), "--out",
+                                 str(s.root / "never")], "worker_gpus"),
+    ("missing-tokenizer-source", lambda s: ["search", str(s.config_with(
+        "tok.yaml", space__tokenizer_source=str(s.root / "no-tok"))), "--out", str(s.root / "never")],
+     "tokenizer_source"),
+    ("out-on-proc", lambda s: ["search", str(s.config), "--out", "/proc/merge-search-run"], "not writable"),
+    ("run-missing-dpo-data", lambda s: ["run", str(s.config_with("nodata.yaml", dpo__data__train=str(s.root / "x.jsonl"))),
+                                        "--out", str(s.root / "never")], "dpo.data.train"),
+    ("shared-study-other-config", lambda s: ["search", str(s.config_with(
+        "shared.yaml", search__storage=f"sqlite:///{s.run / 'study.db'}", space__parameters={"int8_mask": False})),
+        "--out", str(s.root / "never")], "made by a different config"),
+    ("merge-negative-seed", lambda s: ["merge", str(s.export), "--out", str(s.root / "m6"), "--seed", "-1"],
+     "a seed is a whole number"),
+    ("merge-zero-threads", lambda s: ["merge", str(s.export), "--out", str(s.root / "m7"), "--threads", "0"],
+     "expected a whole number >= 1"),
+    ("merge-unknown-device", lambda s: ["merge", str(s.export), "--out", str(s.root / "m8"), "--device", "tpu"],
+     "a device is cpu, cuda or cuda:N"),
+    ("dpo-hash-without-recipe", lambda s: ["dpo", str(s.config), "--model", str(s.world.base), "--weights-sha256",
+                                           "0" * 64, "--out", str(s.root / "d5")], "pass --recipe"),
+    ("dpo-bad-hash", lambda s: ["dpo", str(s.config), "--recipe", str(s.export), "--weights-sha256", "zzz", "--out",
+                                str(s.root / "d6")], "64 lowercase hex"),
+    ("evaluate-foreign-folder", lambda s: ["evaluate", str(s.config), "--out", str(s.export.parent)], "not empty"),
+    ("rescore-over-its-input", lambda s: ["mtbench", "rescore", str(s.write("r.json", "[]")), "--questions",
+                                          str(s.data["mtbench"]["questions"]), "--out", str(s.root / "r.json")],
+     "inside the input"),
+    ("mtbench-out-holds-its-questions", lambda s: ["mtbench", "run", "--model", str(s.world.base), "--questions",
+                                                   str(_questions_as_answers(s)), "--out", str(s.root / "qdir")],
+     "would overwrite the input"),
 ]
 
 
 def _latin1(scene: Scene) -> Path:
     path = scene.root / "latin1.yaml"
     path.write_bytes("name: Übung\n".encode("latin-1"))
+    return path
+
+
+def _questions_as_answers(scene: Scene) -> Path:
+    folder = scene.root / "qdir"
+    folder.mkdir(exist_ok=True)
+    path = folder / "answers.jsonl"
+    shutil.copyfile(scene.data["mtbench"]["questions"], path)
     return path
 
 
