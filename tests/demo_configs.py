@@ -1,12 +1,26 @@
-"""Run configs on the demo world for tests (importable from every test folder: tests/ is on sys.path)."""
+"""Helpers shared by test folders (tests/ is on sys.path): demo-world run configs, free ports for Ray nodes."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import yaml
 
-__all__ = ["write_config"]
+__all__ = ["free_port", "ray_port_args", "write_config"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_port_args() -> list[str]:
+    """``ray start`` flags giving every port of a node a free one (several nodes on one machine)."""
+    return [f"--{opt}={free_port()}" for opt in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "node-manager-port", "object-manager-port")]
 
 
 def write_config(world, path: Path, name: str = "t", objective: dict | None = None, **search) -> Path:

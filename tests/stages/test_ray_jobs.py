@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,32 +17,24 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from demo_configs import write_config  # tests/demo_configs.py
+from demo_configs import free_port  # tests/demo_configs.py
+from demo_configs import ray_port_args, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def job_server(tmp_path_factory):
     """A one-node Ray head with its dashboard (the job server) on 127.0.0.1; yields the job server's URL."""
     tmp = tmp_path_factory.mktemp("rayjobs")
-    dash = _free_port()
+    dash = free_port()
     log = open(tmp / "head.log", "w")  # noqa: SIM115 (closed in finally)
     head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}", "--node-ip-address=127.0.0.1",
+        [BIN / "ray", "start", "--head", "--block", f"--port={free_port()}", "--node-ip-address=127.0.0.1",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--disable-usage-stats", f"--temp-dir={tmp / 't'}",
-         *(f"--{opt}={_free_port()}" for opt in (
-             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-             "metrics-export-port", "node-manager-port", "object-manager-port"))],
+         "--disable-usage-stats", f"--temp-dir={tmp / 't'}", *ray_port_args()],
         env=ENV, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{dash}"
     try:

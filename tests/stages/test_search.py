@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,35 +21,27 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from demo_configs import write_config  # tests/demo_configs.py
+from demo_configs import free_port  # tests/demo_configs.py
+from demo_configs import ray_port_args, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _node_args() -> list[str]:
-    return ["--block", "--num-cpus=1", "--disable-usage-stats",
-            *(f"--{opt}={_free_port()}" for opt in (
-                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                "metrics-export-port", "node-manager-port", "object-manager-port"))]
+    return ["--block", "--num-cpus=1", "--disable-usage-stats", *ray_port_args()]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A two-node Ray cluster on this machine; yields its address."""
     tmp = tmp_path_factory.mktemp("ray")
-    port = _free_port()
+    port = free_port()
     logs = [open(tmp / "head.log", "w"), open(tmp / "node.log", "w")]  # noqa: SIM115 (closed in finally)
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", f"--port={port}", "--include-dashboard=false",
-         f"--dashboard-port={_free_port()}", f"--temp-dir={tmp / 't'}", *_node_args()],
+         f"--dashboard-port={free_port()}", f"--temp-dir={tmp / 't'}", *_node_args()],
         env=ENV, start_new_session=True, stdout=logs[0], stderr=subprocess.STDOUT)
     procs = [head]
     try:
@@ -259,11 +250,11 @@ def test_killed_driver_resumes(world, cluster, tmp_path, kill_when):
     run = tmp_path / "run"
 
     def complete_and_dispatched() -> bool:
-        if not (run / "study.db").exists():
+        if not (run / "run.json").exists():  # written once the driver has created the study
             return False
         try:
             trials = load(run).get_trials()
-        except (KeyError, optuna.exceptions.StorageInternalError):  # the study is being created
+        except (KeyError, optuna.exceptions.StorageInternalError):
             return False
         dispatched = [t for t in trials if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
         return bool(dispatched) and TrialState.COMPLETE in {t.state for t in trials}
