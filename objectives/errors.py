@@ -7,8 +7,15 @@ line and a non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "first_line"]
 
 
 class UserError(Exception):
     """Bad input from the user: the message names the field or path, the rule, the value and the fix."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type when it has none:
+    what a one-line error quotes of a library's failure."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from objectives.config import Constraint, ObjectiveConfig, ScoreSpec, Size, TaskSpec
-from objectives.errors import UserError
+from objectives.errors import UserError, first_line
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
 
 __all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "constraint_values", "produced_metrics"]
@@ -145,7 +145,7 @@ def _load_task(tm, name: str, where: str):
         entry = tm.task_index.get(name)
         cfg = (entry.cfg or {}) if entry else {}
         ds = cfg.get("dataset_path", "?") + (f" ({cfg['dataset_name']})" if cfg.get("dataset_name") else "")
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         if os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0", "false", "False"):
             return None, (f"{where}: dataset {ds} of task {name!r} is not available offline "
                           f"(HF_DATASETS_OFFLINE is set): download it once where there is internet "

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from objectives.errors import UserError
+from objectives.errors import UserError, first_line
 from objectives.objective import Objective
 from search.config import RunConfig
 from search.merge.sources import is_local, source_problems
@@ -86,7 +86,7 @@ def storage_problems(url: str, *, creating: Path | None = None) -> list[str]:
         return [f"{where}: its database driver is not installed ({err}): pip install the driver (for PostgreSQL: "
                 "pip install 'merge-search[postgres]')"]
     except sqlalchemy.exc.SQLAlchemyError as err:
-        return [f"{where}: cannot connect ({str(err).splitlines()[0][:200]}): check host, port, user and database"]
+        return [f"{where}: cannot connect ({first_line(err)}): check host, port, user and database"]
     return []
 
 
@@ -140,8 +140,6 @@ def ray_problems(address: str | None, timeout: float = 5.0) -> list[str]:
 
 def _local_head() -> str | None:
     """The address of the Ray head this machine started last (what ``ray.init(address='auto')`` finds)."""
-    import tempfile
-
     current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
     return current.read_text(encoding="utf-8").strip() or None if current.is_file() else None
 
@@ -202,9 +200,14 @@ def config_diff(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
+def _as_read_back(cfg: RunConfig) -> dict:
+    """``cfg`` as plain data, exactly as its saved ``resolved.yaml`` reads back (what comparisons compare)."""
+    return yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+
+
 def study_fingerprint(cfg: RunConfig) -> dict:
     """The keys of ``cfg`` that decide what a study's trials mean (not later stages, not how much is run)."""
-    data = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    data = _as_read_back(cfg)
     for section in LATER_SECTIONS:
         data.pop(section, None)
     for key in RESOURCE_KEYS | {"search.storage", "search.study_name"}:  # where the study is, not what it holds
@@ -240,7 +243,7 @@ def owner_problems(cfg: RunConfig, run: RunDir, *, redo: str | None = None) -> l
     if not run.resolved_config.is_file():
         return []
     old = yaml.safe_load(run.resolved_config.read_text(encoding="utf-8"))
-    new = yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))
+    new = _as_read_back(cfg)
     keys = [k for k in config_diff(old, new) if k not in RESOURCE_KEYS]
     study_keys = [k for k in keys if k.split(".")[0] not in LATER_SECTIONS]
     where = f"run folder {str(run.root)!r} was made with a different config (see its {run.resolved_config.name})"

@@ -41,7 +41,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 from pydantic import Field
 
-from objectives.errors import UserError
+from objectives.errors import UserError, first_line
 from objectives.schema import Strict
 from search.rundir import RunDir, TrialAttr
 
@@ -207,8 +207,7 @@ def open_study(
             load_if_exists=True,
         )
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:  # no driver, damaged or unreachable database
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"search.storage {storage!r} cannot be opened ({first}): use sqlite:///PATH or an RDB "
+        raise UserError(f"search.storage {storage!r} cannot be opened ({first_line(err)}): use sqlite:///PATH or an RDB "
                         "URL such as postgresql://user@host/db") from None
     if [d.name.lower() for d in study.directions] != [d.lower() for d in directions]:
         raise UserError(
@@ -294,6 +293,5 @@ def load_study(run: str | Path, study_name: str | None = None) -> optuna.Study:
     except KeyError:
         raise UserError(f"no study {name!r} in {url}: check --study") from None
     except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise UserError(f"storage {url} cannot be read ({type(err).__name__}: {first}): check the URL, or restore "
+        raise UserError(f"storage {url} cannot be read ({type(err).__name__}: {first_line(err)}): check the URL, or restore "
                         "the database") from None

@@ -65,8 +65,9 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str 
     record = TrialRecord.from_trial(trial, study.study_name)
     models = [str(m) for m in load_recipe(record.recipe_dict()).referenced_models()]
     problems = output_problems(out, what="--out", inputs=local_models(models), file=True)
-    problems += [f"--out {str(p)!r} exists and is not an earlier export: choose another --out"
-                 for p in (out, out.with_suffix(".json")) if p.is_file() and not _is_export(out)]
+    existing = [p for p in (out, out.with_suffix(".json")) if p.is_file()]
+    if existing and not _is_export(out):
+        problems += [f"--out {str(p)!r} exists and is not an earlier export: choose another --out" for p in existing]
     raise_problems(problems, "export")
     if record.weights_sha256 is None:
         raise UserError(f"trial {trial.number} ({trial.state.name}) was never merged and scored, so it has no "
