@@ -29,13 +29,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from demoworld import text as T
+from demoworld.chat import mtbench_questions, skill_chat_docs
 from demoworld.tokenizer import build_tokenizer
 from demoworld.train import model_config, new_model, train_lm
 from objectives.errors import UserError
 
-__all__ = ["BUILDER_VERSION", "SKILLS", "World", "build_world", "load_manifest"]
+__all__ = ["BUILDER_VERSION", "SKILLS", "World", "build_world", "load_manifest", "task_yaml"]
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2  # 2: the skills asked as chat questions with closed answers (tasks, training, MT-Bench)
 SKILLS = T.SKILLS
 EVAL_SPLITS = ("search", "test")
 
@@ -109,14 +110,17 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def _task_yaml(name: str, data_file: Path) -> dict:
+def task_yaml(name: str, data_file: Path) -> dict:
+    """The lm-eval task of one skill split: each question as a ChatML user turn, the options as the assistant's
+    answer (the demo world's own template, written into the task so every consumer asks the same way)."""
     return {
         "task": name,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data_file)}},
         "test_split": "test",
         "output_type": "multiple_choice",
-        "doc_to_text": "text",
+        "doc_to_text": "<|im_start|>user\n{{text}}<|im_end|>\n<|im_start|>assistant\n",
+        "target_delimiter": "",
         "doc_to_choice": "choices",
         "doc_to_target": "gold",
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
@@ -132,7 +136,7 @@ def _write_task_yamls(tasks_dir: Path, data_dir: Path) -> None:
             name = task_name(skill, split)
             data = data_dir.absolute() / f"{skill}_{split}.jsonl"
             target = tasks_dir / f"{name}.yaml"
-            content = yaml.safe_dump(_task_yaml(name, data), sort_keys=False, allow_unicode=True)
+            content = yaml.safe_dump(task_yaml(name, data), sort_keys=False, allow_unicode=True)
             if not target.is_file() or target.read_text(encoding="utf-8") != content:
                 target.write_text(content, encoding="utf-8")
 
@@ -159,8 +163,9 @@ def _check_out(out: Path, seed: int) -> bool:
     return False
 
 
-def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False) -> World:
-    """Build the demo world into ``out`` (a quick no-op if a complete world of this seed is there)."""
+def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads: int | None = None) -> World:
+    """Build the demo world into ``out`` (a quick no-op if a complete world of this seed is there). ``threads``:
+    torch CPU threads while training (default min(4, CPU cores)); the weights depend on it."""
     out = Path(out).absolute()
     if _check_out(out, seed):
         return load_manifest(out)
@@ -173,10 +178,14 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False) -> World
             f"--out {str(out)!r} is not writable ({err.strerror}): choose a folder you can write to"
         ) from None
     try:
-        _build_into(tmp, out, seed, Recipe(), quiet)
-        if out.is_dir():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
+        _build_into(tmp, out, seed, Recipe(), quiet, threads or max(1, min(4, os.cpu_count() or 1)))
+        try:
+            if out.is_dir():
+                out.rmdir()  # empty (checked above)
+            tmp.rename(out)
+        except OSError:
+            if not _check_out(out, seed):  # not another build of the same world finishing first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_manifest(out)
@@ -199,9 +208,9 @@ def _train(model, tok, docs, *, steps, lr, seed, warmup, desc, quiet):
     return losses
 
 
-def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool) -> None:
+def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool, threads: int) -> None:
     t0 = time.time()
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(threads)
     tok = build_tokenizer()
     tok.save_pretrained(tmp / "tokenizer")
     items = T.skill_items(seed, r.n_eval)
@@ -213,14 +222,14 @@ def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool) -> No
     prefs = T.preference_rows(seed, r.pref_train + r.pref_test)
     _write_jsonl(tmp / "preferences" / "train.jsonl", prefs[: r.pref_train])
     _write_jsonl(tmp / "preferences" / "test.jsonl", prefs[r.pref_train:])
-    _write_jsonl(tmp / "mtbench" / "question.jsonl", T.mtbench_questions())
+    _write_jsonl(tmp / "mtbench" / "question.jsonl", mtbench_questions({s: items[s]["test"] for s in SKILLS}, seed))
 
     # Base: generic German text, chat turns, and the three task formats with *random* answers, so the base
     # knows what the questions look like but not how to answer them. Experts then only learn the rule,
     # which keeps their task vectors small and merge-friendly.
     rng = random.Random(f"{seed}-pretrain")
     generic = T.generic_docs(seed, r.generic_docs) + T.chat_docs(seed, r.chat_docs)
-    formats = [f"{it.text} {rng.choice(it.choices)}" for s in SKILLS for it in items[s]["train"]]
+    formats = [d for s in SKILLS for d in skill_chat_docs(items[s]["train"], rng, correct=False)]
     base = new_model(model_config(tok), seed)
     _say(quiet, f"demo world: pretraining base ({sum(p.numel() for p in base.parameters()):,} parameters)")
     _train(base, tok, generic + formats, steps=r.base_steps, lr=r.base_lr, seed=seed, warmup=30,
@@ -229,7 +238,7 @@ def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool) -> No
 
     for i, skill in enumerate(SKILLS):
         # Half skill examples (correct answers), half generic text: keeps the task vectors merge-friendly.
-        skill_docs = [it.as_training_doc() for it in items[skill]["train"]]
+        skill_docs = skill_chat_docs(items[skill]["train"], random.Random(f"{seed}-{skill}-chat"), correct=True)
         mix = skill_docs + random.Random(f"{seed}-{skill}-mix").sample(generic, len(skill_docs))
         expert = copy.deepcopy(base)
         _say(quiet, f"demo world: fine-tuning expert '{skill}'")

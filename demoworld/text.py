@@ -4,11 +4,13 @@ Three rule-based skills (they generalise to held-out items, unlike memorised fac
 
 * ``zahlen``  - which of three German number words (null..zwanzig) is the largest;
 * ``artikel`` - the article of an invented noun, decided by its suffix (-ung -> die, -chen -> das, ...);
-* ``verben``  - the present-tense form of an invented regular verb for a given pronoun.
+* ``verben``  - the present-tense ending of an invented regular verb for a given pronoun (-e, -st, -t, -en).
 
-Every answer ends with ``.`` so that options which are prefixes of each other (vier/vierzehn) stay
-distinguishable by summed log-likelihood. Invented stems and number triples are split disjointly into
-``train`` (expert fine-tuning), ``search`` and ``test``.
+Every item is a chat question with a short closed-vocabulary answer (a number word, an article, an ending),
+so a model can *generate* the answer as well as rank the options: the tiny demo models cannot copy an invented
+word reliably, and a chat evaluation must not measure that. Every answer ends with ``.`` so that options which
+are prefixes of each other (vier/vierzehn, -e/-en) stay distinguishable by summed log-likelihood. Invented
+stems and number triples are split disjointly into ``train`` (expert fine-tuning), ``search`` and ``test``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ __all__ = [
     "SKILLS",
     "Item",
     "chat_docs",
+    "conversation",
     "generic_docs",
-    "mtbench_questions",
     "preference_rows",
     "skill_items",
 ]
@@ -51,17 +53,16 @@ CODAS = ["l", "m", "n", "r", "k", "p", "lk", "rn", "mp", "rf", "lm", "nk", "rg"]
 
 @dataclass(frozen=True)
 class Item:
-    """One multiple-choice item: ``text`` is the prompt, ``choices`` the options, ``gold`` the answer index."""
+    """One multiple-choice item: ``text`` is the question (a chat user turn), ``choices`` the options (the
+    assistant's whole answer), ``gold`` the answer index."""
 
     text: str
     choices: tuple[str, ...]
     gold: int
+    follow_up: str = ""  # the same question as a short chat follow-up ("Und zu Brauung?")
 
     def as_row(self) -> dict:
         return {"text": self.text, "choices": list(self.choices), "gold": self.gold}
-
-    def as_training_doc(self) -> str:
-        return f"{self.text} {self.choices[self.gold]}"
 
 
 def _stems(rng: random.Random, n: int) -> list[str]:
@@ -86,8 +87,9 @@ def _zahlen(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
             order = list(t)
             rng.shuffle(order)
             words = [NUMBERS[i] for i in order]
-            text = f"Welche Zahl ist am größten: {', '.join(words)}?\nAntwort:"
-            items.append(Item(text, tuple(f"{w}." for w in words), order.index(max(order))))
+            text = f"Welche Zahl ist am größten: {', '.join(words)}?"
+            items.append(Item(text, tuple(f"{w}." for w in words), order.index(max(order)),
+                              f"Und bei {', '.join(words)}?"))
         out[split] = items
     return out
 
@@ -103,8 +105,8 @@ def _artikel(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
             # Cycle through the suffixes so the three articles are balanced in every split.
             noun = stem.capitalize() + suffixes[i % len(suffixes)]
             art = SUFFIX_ARTICLE[suffixes[i % len(suffixes)]]
-            text = f"Welcher Artikel passt zu {noun}?\nAntwort:"
-            items.append(Item(text, tuple(f"{a} {noun}." for a in ARTICLES), ARTICLES.index(art)))
+            text = f"Welcher Artikel passt zu {noun}?"
+            items.append(Item(text, tuple(f"{a}." for a in ARTICLES), ARTICLES.index(art), f"Und zu {noun}?"))
         out[split] = items
     return out
 
@@ -118,9 +120,9 @@ def _verben(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
         items = []
         for i, stem in enumerate(ss):
             pron = pronouns[i % len(pronouns)]
-            text = f"Konjugiere {stem}en mit {pron}.\nAntwort:"
-            choices = tuple(f"{pron} {stem}{e}." for e in VERB_ENDINGS)
-            items.append(Item(text, choices, VERB_ENDINGS.index(PRONOUN_ENDING[pron])))
+            text = f"Welche Endung bekommt {stem}en mit {pron}?"
+            choices = tuple(f"-{e}." for e in VERB_ENDINGS)
+            items.append(Item(text, choices, VERB_ENDINGS.index(PRONOUN_ENDING[pron]), f"Und {stem}en mit {pron}?"))
         out[split] = items
     return out
 
@@ -165,9 +167,10 @@ def generic_docs(seed: int, n: int) -> list[str]:
     return [" ".join(_generic(rng) for _ in range(rng.randint(1, 3))) for _ in range(n)]
 
 
-def _chat(user: str, assistant: str, system: str | None = None) -> str:
+def conversation(turns: list[tuple[str, str]], system: str | None = None) -> str:
+    """A ChatML conversation of ``(user, assistant)`` turns, as the demo tokenizer's template renders it."""
     parts = [f"<|im_start|>system\n{system}<|im_end|>\n"] if system else []
-    parts.append(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n{assistant}<|im_end|>\n")
+    parts += [f"<|im_start|>user\n{u}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n" for u, a in turns]
     return "".join(parts)
 
 
@@ -178,8 +181,8 @@ def chat_docs(seed: int, n: int) -> list[str]:
     for _ in range(n):
         art, noun = rng.choice(SUBJECTS)
         verb, place = rng.choice(VERBS3), rng.choice(PLACES)
-        docs.append(_chat(f"Wo {verb} {art} {noun}?", f"{art.capitalize()} {noun} {verb} {place}.",
-                          "Du bist ein hilfreicher Assistent." if rng.random() < 0.5 else None))
+        docs.append(conversation([(f"Wo {verb} {art} {noun}?", f"{art.capitalize()} {noun} {verb} {place}.")],
+                                 "Du bist ein hilfreicher Assistent." if rng.random() < 0.5 else None))
     return docs
 
 
@@ -203,41 +206,3 @@ def preference_rows(seed: int, n: int) -> list[dict]:
         rows.append({"system": "Du bist ein hilfreicher Assistent.", "question": question,
                      "chosen": chosen, "rejected": rejected})
     return rows
-
-
-# --- MT-Bench-style questions (FastChat question.jsonl layout) --------------------------------------------
-
-_MT = [
-    ("writing", ["Schreibe einen kurzen Satz über den Hund im Garten.", "Schreibe ihn jetzt fröhlicher."],
-     ["Der Hund spielt im Garten.", "Der Hund spielt froh im Garten."]),
-    ("writing", ["Schreibe einen Satz über die Katze.", "Mache den Satz kürzer."],
-     ["Die Katze schläft im Haus.", "Die Katze schläft."]),
-    ("roleplay", ["Du bist ein Bauer. Wo arbeitest du?", "Und am Abend?"],
-     ["Ich arbeite auf dem Feld.", "Am Abend bin ich im Haus."]),
-    ("roleplay", ["Du bist eine Lehrerin. Was machst du heute?", "Und morgen?"],
-     ["Heute lese ich ein Buch.", "Morgen male ich im Garten."]),
-    ("reasoning", ["Welche Zahl ist am größten: drei, neun, fünf?", "Und welche ist am kleinsten?"],
-     ["Die größte Zahl ist neun.", "Die kleinste Zahl ist drei."]),
-    ("reasoning", ["Welche Zahl ist am größten: zwölf, zwei, acht?", "Und welche ist am kleinsten?"],
-     ["Die größte Zahl ist zwölf.", "Die kleinste Zahl ist zwei."]),
-    ("math", ["Was ist zwei plus drei?", "Und drei plus vier?"], ["Das ist fünf.", "Das ist sieben."]),
-    ("math", ["Was ist zehn minus vier?", "Und zehn minus sieben?"], ["Das ist sechs.", "Das ist drei."]),
-    ("coding", ["Wie heißt das Wort für eins in Python? Schreibe print(1).", "Und für zwei?"],
-     ["print(1)", "print(2)"]),
-    ("coding", ["Schreibe eine Zeile, die drei ausgibt.", "Und eine, die vier ausgibt?"],
-     ["print(3)", "print(4)"]),
-    ("extraction", ["Nenne das Tier im Satz: Der Vogel singt im Wald.", "Wo singt er?"],
-     ["Das Tier ist der Vogel.", "Er singt im Wald."]),
-    ("extraction", ["Nenne den Ort im Satz: Die Oma kocht im Haus.", "Wer kocht dort?"],
-     ["Der Ort ist im Haus.", "Die Oma kocht dort."]),
-    ("stem", ["Welcher Artikel passt zu Zeitung?", "Und zu Mädchen?"], ["die Zeitung.", "das Mädchen."]),
-    ("stem", ["Welcher Artikel passt zu Freiheit?", "Und zu Frühling?"], ["die Freiheit.", "der Frühling."]),
-    ("humanities", ["Konjugiere spielen mit du.", "Und mit wir?"], ["du spielst.", "wir spielen."]),
-    ("humanities", ["Konjugiere lachen mit ich.", "Und mit er?"], ["ich lache.", "er lacht."]),
-]
-
-
-def mtbench_questions() -> list[dict]:
-    """Sixteen two-turn questions, two per MT-Bench category, each with a two-turn reference."""
-    return [{"question_id": i + 1, "category": c, "turns": list(t), "reference": list(r)}
-            for i, (c, t, r) in enumerate(_MT)]

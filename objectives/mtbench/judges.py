@@ -5,14 +5,16 @@ Every backend maps a list of :class:`JudgeItem` to reply strings, in order:
 - :class:`HttpJudge`: any OpenAI-compatible chat-completions endpoint (concurrent, retried; see
   :mod:`objectives.mtbench.client`);
 - :class:`LocalJudge`: a local Hugging Face model folder, greedy;
-- :class:`StandInJudge`: offline, for the demo world only: character n-gram overlap between the graded
-  answer and the reference answer, mapped to 1-10. Each of its replies carries
+- :class:`StandInJudge`: offline, for the demo world only: a turn with ``keywords`` is rated 10 when the
+  answer contains an accepted phrase and no rejected one, else 1; a turn without them by character n-gram
+  overlap with the reference answer. Each of its replies carries
   :data:`~objectives.mtbench.scores.STANDIN_LABEL`, which every derived output repeats.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -21,11 +23,11 @@ from objectives.mtbench.cache import ReplyCache, cached_replies
 from objectives.mtbench.client import ERROR_REPLY, HttpSettings, chat_all
 from objectives.mtbench.config import JudgeConfig
 from objectives.mtbench.prompts import judge_messages
-from objectives.mtbench.questions import Question
+from objectives.mtbench.questions import Keywords, Question
 from objectives.mtbench.scores import STANDIN_LABEL
 
-__all__ = ["HttpJudge", "JudgeItem", "LocalJudge", "StandInJudge", "judge_answers", "judge_scope", "make_judge",
-           "ngram_f1"]
+__all__ = ["HttpJudge", "JudgeItem", "LocalJudge", "StandInJudge", "judge_answers", "judge_scope", "keyword_verdict",
+           "make_judge", "ngram_f1"]
 
 
 @dataclass(frozen=True)
@@ -89,21 +91,56 @@ def ngram_f1(answer: str, reference: str, n: int = 3) -> float:
     return 2 * p * q / (p + q)
 
 
-class StandInJudge:
-    """Offline stand-in: rating = 1 + round(9 * char-3-gram F1(answer, reference)). NOT an MT-Bench score.
+_WORD = re.compile(r"[^\W\d_]+|\d+")
 
-    Without a reference answer the question text of that turn stands in for it (topicality only)."""
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _contains(words: list[str], phrase: str) -> bool:
+    p = _words(phrase)
+    return bool(p) and any(words[i:i + len(p)] == p for i in range(len(words) - len(p) + 1))
+
+
+def keyword_verdict(answer: str, keys: Keywords) -> tuple[bool, str]:
+    """Whether ``answer`` says what ``keys`` accept and nothing they reject (whole words, any case), and why."""
+    words = _words(answer)
+    said = [p for p in keys.accept if _contains(words, p)]
+    wrong = [p for p in keys.reject if _contains(words, p)]
+    if wrong:
+        return False, f"says {wrong[0]!r}, which contradicts the reference"
+    if not said:
+        return False, f"does not say {keys.accept[0]!r}" + (" (or an accepted alternative)" if len(keys.accept) > 1 else "")
+    return True, f"says {said[0]!r} and nothing contradicting"
+
+
+class StandInJudge:
+    """Offline stand-in. NOT an MT-Bench score.
+
+    A turn with ``keywords``: rating 10 when the answer contains an accepted phrase and no rejected one, else 1
+    (a person grading a one-word answer against its reference does the same). A turn without them:
+    1 + round(9 * char-3-gram F1(answer, reference)), or with the question text when there is no reference
+    (topicality only)."""
 
     def judge(self, items: list[JudgeItem], on_reply=None) -> list[str]:
         out = []
         for it in items:
-            q = it.question
-            ref, what = (q.ref(it.turn), "reference answer") if q.reference else (q.turns[it.turn], "question")
-            f1 = ngram_f1(it.answers[it.turn], ref)
-            out.append(f"[{STANDIN_LABEL}] char-3-gram F1 with the {what} = {f1:.3f}. Rating: [[{1 + round(9 * f1)}]]")
+            out.append(f"[{STANDIN_LABEL}] {self._verdict(it)}")
             if on_reply is not None:
                 on_reply(len(out) - 1, out[-1])
         return out
+
+    @staticmethod
+    def _verdict(it: JudgeItem) -> str:
+        q, answer = it.question, it.answers[it.turn]
+        keys = q.keys(it.turn)
+        if keys is not None:
+            ok, why = keyword_verdict(answer, keys)
+            return f"The answer {why}. Rating: [[{10 if ok else 1}]]"
+        ref, what = (q.ref(it.turn), "reference answer") if q.reference else (q.turns[it.turn], "question")
+        f1 = ngram_f1(answer, ref)
+        return f"char-3-gram F1 with the {what} = {f1:.3f}. Rating: [[{1 + round(9 * f1)}]]"
 
 
 def make_judge(cfg: JudgeConfig):

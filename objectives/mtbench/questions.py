@@ -2,6 +2,10 @@
 
 Every layout becomes a tuple of :class:`Question`; ids are strings (FastEval keys them as strings, FastChat
 as ints; ``"81"`` and ``81`` name the same question).
+
+Besides FastChat's fields a question may carry ``keywords``, one ``{"accept": [...], "reject": [...]}`` per
+turn: what a correct answer says and what contradicts it. Only the offline stand-in judge reads them (the demo
+world's questions have them); LLM judges ignore them.
 """
 
 from __future__ import annotations
@@ -14,7 +18,15 @@ from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["Question", "load_questions", "questions_from_records"]
+__all__ = ["Keywords", "Question", "load_questions", "questions_from_records"]
+
+
+@dataclass(frozen=True)
+class Keywords:
+    """Phrases (case-insensitive, matched as whole words) a correct answer contains / must not contain."""
+
+    accept: tuple[str, ...]
+    reject: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,11 @@ class Question:
     category: str
     turns: tuple[str, str]
     reference: tuple[str, ...] | None = None
+    keywords: tuple[Keywords, ...] | None = None
+
+    def keys(self, turn: int) -> Keywords | None:
+        """The keywords of ``turn`` (0 or 1), the first ones when only one set is given, else ``None``."""
+        return self.keywords[min(turn, len(self.keywords) - 1)] if self.keywords else None
 
     def ref(self, turn: int) -> str:
         """Reference answer of ``turn`` (0 or 1); the first one when only one is given."""
@@ -43,7 +60,24 @@ def _question(qid: Any, rec: Any, source: str) -> Question:
     ref = rec.get("reference")
     if ref is not None and (not isinstance(ref, list) or not ref or not all(isinstance(r, str) for r in ref)):
         raise UserError(f"{where}: `reference` must be a non-empty list of strings when given, but got {ref!r:.120}")
-    return Question(str(qid), category, (turns[0], turns[1]), tuple(ref) if ref else None)
+    keys = _keywords(rec.get("keywords"), where)
+    return Question(str(qid), category, (turns[0], turns[1]), tuple(ref) if ref else None, keys)
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+
+
+def _keywords(value: Any, where: str) -> tuple[Keywords, ...] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list) and 1 <= len(value) <= 2 and all(
+        isinstance(k, dict) and set(k) <= {"accept", "reject"} and _str_list(k.get("accept")) and k["accept"]
+        and _str_list(k.get("reject", [])) for k in value)
+    if not ok:
+        raise UserError(f"{where}: `keywords` must be a list of 1 or 2 objects {{\"accept\": [phrases], \"reject\": "
+                        f"[phrases]}} (accept non-empty), but got {value!r:.120}")
+    return tuple(Keywords(tuple(k["accept"]), tuple(k.get("reject", []))) for k in value)
 
 
 def questions_from_records(records: Iterable[dict], source: str) -> tuple[Question, ...]:

@@ -60,8 +60,10 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
     missing = [q.question_id for q in questions if q.question_id not in answers]
     if missing:
         log.warning("%d question(s) have no answer and are not judged: %s", len(missing), missing[:10])
-    replies = judge_answers(judge, questions, answers, prompts,
-                            cache=ReplyCache(out / CACHE_DIR / "judgments.jsonl", judge_scope(cfg.judge)))
+    # The stand-in judge is instant and reads question fields the cache key does not cover: never cached.
+    cache = None if cfg.judge.backend == "standin" else ReplyCache(out / CACHE_DIR / "judgments.jsonl",
+                                                                   judge_scope(cfg.judge))
+    replies = judge_answers(judge, questions, answers, prompts, cache=cache)
     write_json(out / REPLIES_FILE, replies)
     scores = compute_scores(replies, questions)
     write_json(out / SCORES_FILE, scores)

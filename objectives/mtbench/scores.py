@@ -26,7 +26,7 @@ _SINGLE = re.compile(r"\[(\d+\.?\d*)\]")
 
 FASTEVAL_KEYS = ("first_turn", "second_turn", "categories", "average")
 # Written into every stand-in judge reply and every output derived from one.
-STANDIN_LABEL = "NOT an MT-Bench score: offline stand-in judge (character n-gram overlap with reference answers)"
+STANDIN_LABEL = "NOT an MT-Bench score: offline stand-in judge (reference key words, else character n-gram overlap)"
 
 
 def parse_rating(reply: str) -> int | float | None:

@@ -19,6 +19,8 @@ def register(sub) -> None:
                         description="Build the demo world into --out (about 2-3 minutes on 2 CPU cores).")
     b.add_argument("--out", required=True, help="folder to build the world in (new or empty)")
     b.add_argument("--seed", type=types.seed, default=0, help="seed that fully determines the world (default 0)")
+    b.add_argument("--threads", type=types.positive_int, default=None,
+                   help="torch CPU threads for training (default min(4, CPU cores)); the weights depend on it")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_build)
     r = dsub.add_parser("report", help="evaluate base and experts on the test split with lm-eval",
@@ -36,7 +38,7 @@ def register(sub) -> None:
 def _build(args: argparse.Namespace) -> int:
     from demoworld.build import build_world
 
-    world = build_world(args.out, seed=args.seed, quiet=args.quiet)
+    world = build_world(args.out, seed=args.seed, quiet=args.quiet, threads=args.threads)
     print(f"demo world ready: {world.root}")
     return 0
 

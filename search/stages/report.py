@@ -22,6 +22,7 @@ from typing import Any
 
 import optuna
 
+from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir, TrialRecord
 from search.stages.heldout import HeldoutReport
 from search.stages.plots import history_figure, parameter_figure
@@ -123,11 +124,40 @@ def _dpo_section(run: RunDir, plots: Path) -> list[str]:
     return lines + [""]
 
 
+def _mtbench_averages(run: RunDir) -> dict[str, float]:
+    """``{model folder name: MT-Bench average}`` of every model the MT-Bench stage scored."""
+    out = {}
+    for path in sorted(run.mtbench.glob(f"*/{SCORES_FILE}")):
+        avg = (_load(path) or {}).get("average")
+        if isinstance(avg, (int, float)):
+            out[path.parent.name] = float(avg)
+    return out
+
+
+def _mtbench_verdict(run: RunDir) -> list[str]:
+    """Plain statements: is the merge above every source on MT-Bench, and what did DPO do to it?"""
+    avg = _mtbench_averages(run)
+    merge, dpo = run.mtbench_model("merge").name, run.mtbench_model("merge+dpo").name
+    if merge not in avg:
+        return []
+    lines, sources = [], {n: v for n, v in avg.items() if n not in (merge, dpo)}
+    standin = "label" in (_load(run.mtbench_model("merge") / SCORES_FILE) or {})
+    what = "MT-Bench average (offline stand-in judge, NOT an MT-Bench score)" if standin else "MT-Bench average"
+    if sources:
+        top, v = max(sources.items(), key=lambda kv: kv[1])
+        lines.append(f"- {what}: the merge ({avg[merge]:.2f}) is **{'above' if avg[merge] > v else 'NOT above'}"
+                     f"** every source model (best: {top} {v:.2f}).")
+    if dpo in avg:
+        change = "raises" if avg[dpo] > avg[merge] else "does not raise"
+        lines.append(f"- DPO **{change}** the {what}: merge {avg[merge]:.2f} -> merge+dpo {avg[dpo]:.2f}.")
+    return lines + [""]
+
+
 def _mtbench_section(run: RunDir, plots: Path) -> list[str]:
     table = run.comparison_md
     if not table.is_file():
         return ["_MT-Bench has not run yet._"]
-    lines = [table.read_text(encoding="utf-8").strip(), ""]
+    lines = _mtbench_verdict(run) + [table.read_text(encoding="utf-8").strip(), ""]
     chart = run.comparison_png
     if chart.is_file():
         shutil.copyfile(chart, plots / "mtbench_categories.png")
@@ -153,6 +183,7 @@ def headline(run: str | Path) -> str:
     if metrics:
         out.append(f"DPO held-out preference accuracy: {metrics['heldout_before']['pref_accuracy']:.3f} -> "
                    f"{metrics['heldout_after']['pref_accuracy']:.3f}")
+    out += [line[2:].replace("**", "") for line in _mtbench_verdict(run) if line]
     return "\n".join(out)
 
 

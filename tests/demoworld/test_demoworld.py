@@ -178,6 +178,6 @@ def test_data_files_for_later_stages(world):
         assert rows and all(set(r) == {"system", "question", "chosen", "rejected"} for r in rows)
         assert all(r["chosen"] != r["rejected"] for r in rows)
     qs = [json.loads(line) for line in world.mtbench_questions.read_text().splitlines()]
-    assert len({q["category"] for q in qs}) == 8
+    assert {q["category"] for q in qs} == {*SKILLS, "alltag"}
     assert all(len(q["turns"]) == 2 and len(q["reference"]) == 2 for q in qs)
     assert torch.__version__  # torch importable alongside (sanity for the stage tests)

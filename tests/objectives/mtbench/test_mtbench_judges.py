@@ -85,9 +85,9 @@ import pytest
 
 from objectives.errors import UserError
 from objectives.mtbench.config import JudgeConfig
-from objectives.mtbench.judges import JudgeItem, StandInJudge, judge_answers, make_judge
+from objectives.mtbench.judges import JudgeItem, StandInJudge, judge_answers, keyword_verdict, make_judge
 from objectives.mtbench.prompts import builtin_prompts
-from objectives.mtbench.questions import Question, load_questions
+from objectives.mtbench.questions import Keywords, Question, load_questions
 from objectives.mtbench.scores import STANDIN_LABEL, compute_scores
 from search.cli import main
 
@@ -174,6 +174,34 @@ def test_standin_judge_is_labelled_and_tracks_overlap():
     bad = JudgeItem(q, 1, ("", "Xyz qqq."), ())
     r_good, r_bad = StandInJudge().judge([good, bad])
     assert STANDIN_LABEL in r_good and "[[10]]" in r_good and "[[1]]" in r_bad
+
+
+@pytest.mark.parametrize("answer, ok", [
+    ("vierzehn.", True), ("Die größte Zahl ist Vierzehn.", True),
+    ("vier.", False),                      # a prefix of the right word is another word
+    ("vierzehn oder vier.", False),        # hedging names a contradicting option
+    ("Ich weiß es nicht.", False), ("", False),
+])
+def test_keyword_verdict_matches_whole_words(answer, ok):
+    keys = Keywords(accept=("vierzehn",), reject=("vier", "zwei"))
+    verdict, why = keyword_verdict(answer, keys)
+    assert verdict is ok and why
+
+
+def test_standin_judge_rates_keyword_turns_by_the_reference_key_word(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question_id": 1, "category": "artikel", "turns": ["Artikel zu Brauung?", "Und zu Klimchen?"],
+                                "reference": ["die Brauung.", "das Klimchen."],
+                                "keywords": [{"accept": ["die Brauung"], "reject": ["der Brauung", "das Brauung"]},
+                                             {"accept": ["das Klimchen"], "reject": ["der Klimchen", "die Klimchen"]}]}) + "\n")
+    [q] = load_questions(path)
+    items = [JudgeItem(q, t, ("Die Brauung.", "die Klimchen."), ()) for t in (0, 1)]
+    first, second = StandInJudge().judge(items)
+    assert "[[10]]" in first and "[[1]]" in second and "contradicts" in second
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question_id": 1, "category": "x", "turns": ["a", "b"], "keywords": [{"reject": ["y"]}]}))
+    with pytest.raises(UserError, match="keywords"):
+        load_questions(bad)
 
 
 def test_mtbench_run_end_to_end_with_http_judge(world, judge_server, tmp_path, monkeypatch):

@@ -1,0 +1,91 @@
+"""The demo world's chat evaluation measures the searched skills: its questions, and the ordering it gives."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from demoworld import text as T
+from demoworld.build import SKILLS
+from demoworld.chat import GENERIC_QUESTIONS, QUESTIONS_PER_SKILL, mtbench_questions
+from demoworld.report import evaluate_model_dir
+from objectives.mtbench.config import MTBenchConfig
+from objectives.mtbench.generate import LocalChatModel
+from objectives.mtbench.questions import load_questions
+from objectives.mtbench.run import run_mtbench
+from search.merge import merge_to_dir
+
+
+def test_questions_are_two_turn_skill_items_from_the_test_split(world):
+    qs = load_questions(world.mtbench_questions)
+    assert len(qs) == len(SKILLS) * QUESTIONS_PER_SKILL + GENERIC_QUESTIONS
+    test_items = T.skill_items(world.seed)
+    for skill in SKILLS:
+        mine = [q for q in qs if q.category == skill]
+        assert len(mine) == QUESTIONS_PER_SKILL
+        prompts = {it.text: it for it in test_items[skill]["test"]}
+        train = {it.text for it in test_items[skill]["train"]}
+        for q in mine:
+            item = prompts[q.turns[0]]  # a held-out item, never trained on
+            follow = next(it for it in test_items[skill]["test"] if it.follow_up == q.turns[1])
+            assert q.turns[0] not in train and q.turns[1].startswith("Und ")
+            assert q.reference == (item.choices[item.gold], follow.choices[follow.gold])
+            for turn in (0, 1):  # the reference is accepted and contradicts none of the other options
+                keys = q.keys(turn)
+                assert keys.accept == (q.reference[turn].strip("-."),)
+                assert len(keys.reject) == (3 if skill == "verben" else 2)
+                assert keys.accept[0] not in keys.reject
+    assert mtbench_questions({s: test_items[s]["test"] for s in SKILLS}, world.seed) == [
+        json.loads(line) for line in world.mtbench_questions.read_text(encoding="utf-8").splitlines()]
+
+
+def _merge(world, out: Path) -> Path:
+    """A merge of the three experts as good as a search finds on this world (docs/demo-world.md: density 0.7,
+    weight 0.7 each), saved as a model folder."""
+    recipe = {"merge_method": "dare_ties", "base_model": str(world.base), "dtype": "float32",
+              "parameters": {"int8_mask": True},
+              "models": [{"model": str(p), "parameters": {"density": 0.7, "weight": 0.7}} for p in world.experts.values()]}
+    path = out / "merge.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    merge_to_dir(path, out / "merge")
+    return out / "merge"
+
+
+@pytest.fixture(scope="module")
+def chat_and_heldout(world, tmp_path_factory):
+    """MT-Bench (stand-in judge) and held-out accuracy of the base, every expert and a good merge."""
+    tmp = tmp_path_factory.mktemp("chat")
+    models = {"base": world.base, **world.experts, "merge": _merge(world, tmp)}
+    cfg = MTBenchConfig(questions=str(world.mtbench_questions), max_new_tokens=32, batch_size=32,
+                        default_temperature=0.0)  # greedy, as configs/demo.yaml
+    out = {}
+    for name, path in models.items():
+        scores = run_mtbench(cfg, tmp / name, model=LocalChatModel.from_pretrained(path, batch_size=32), model_id=name)
+        out[name] = (scores, evaluate_model_dir(path, world))
+    return out
+
+
+def skill_mean(scores: dict) -> float:
+    return statistics.mean(scores["categories"][s] for s in SKILLS)
+
+
+def test_each_expert_answers_its_own_skill_in_chat_better_than_the_base(chat_and_heldout):
+    base = chat_and_heldout["base"][0]["categories"]
+    for skill in SKILLS:
+        assert chat_and_heldout[skill][0]["categories"][skill] > base[skill] + 2, skill
+
+
+def test_chat_evaluation_agrees_with_heldout_on_who_is_best(chat_and_heldout):
+    merge_chat, merge_heldout = chat_and_heldout["merge"]
+    experts = {s: chat_and_heldout[s] for s in SKILLS}
+    # held-out: the merge is above every expert on the mean over the skills, and so is it in chat
+    assert all(statistics.mean(merge_heldout.values()) > statistics.mean(h.values()) for _, h in experts.values())
+    assert all(skill_mean(merge_chat) > skill_mean(c) for c, _ in experts.values())
+    assert merge_chat["average"] >= max(c["average"] for c, _ in experts.values())
+    by_heldout = max(chat_and_heldout, key=lambda m: statistics.mean(chat_and_heldout[m][1].values()))
+    by_chat = max(chat_and_heldout, key=lambda m: skill_mean(chat_and_heldout[m][0]))
+    assert by_heldout == by_chat == "merge"
