@@ -11,6 +11,9 @@ Every field is a YAML key (the pydantic model IS the format)::
       stages: [50, 200, all]               # multi-fidelity: items per task evaluated at each stage
       aggregate: weighted_mean             # | min | expert_relative (needs `reference`)
       batch_size: 32
+      threads: 1                           # torch CPU threads while scoring on CPU (null: torch's default)
+      selection: random                    # | informative: items the source models disagree on first
+      estimate: false                      # pruner sees the full-subset estimate (needs informative)
       secondary: {name: english, tasks: [{name: arc_easy, subset: 250}]}
       constraints: [{objective: english, min: 0.7}]
 
@@ -133,8 +136,18 @@ class ObjectiveConfig(ScoreSpec):
     apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False
     batch_size: int = Field(default=32, ge=1)
+    threads: int | None = Field(default=1, ge=1, description=(
+        "torch CPU threads while the held-out stage, `evaluate` and the DPO stage of `run` score on CPU (restored "
+        "afterwards); null: torch's default. Search workers keep Ray's pinning (search.worker_cpus threads)"))
     # lm-eval bootstrap iterations for stderr of non-mean metrics (mean metrics use the closed form).
     bootstrap_iters: int = Field(default=100, ge=0)
+    selection: Literal["random", "informative"] = Field(default="random", description=(
+        "order of each task's search subset: `random` (seeded by subset_seed) or `informative` (items the "
+        "source models disagree on first, stratified; the sources are scored once before the search, kept in "
+        "RUN/item_matrix.json; every stage then records a full-subset estimate). See docs/objectives.md"))
+    estimate: bool = Field(default=False, description=(
+        "let the pruner see each stage's full-subset estimate instead of the raw stage score (needs selection: "
+        "informative); a trial's final value is always the plain score on the whole search subset"))
     secondary: SecondaryObjective | None = None
     constraints: list[Constraint] = []
 
@@ -149,6 +162,9 @@ class ObjectiveConfig(ScoreSpec):
             problems.append(f"stages: must grow strictly with 'all' (if any) last, but got {self.stages}")
         if not self.stages:
             problems.append("stages: give at least one stage, e.g. [all]")
+        if self.estimate and self.selection != "informative":
+            problems.append("estimate: true needs selection: informative (the estimate comes from the sources' "
+                            "item matrix)")
         if self.fewshot_as_multiturn and not self.apply_chat_template:
             problems.append("fewshot_as_multiturn: true needs apply_chat_template: true")
         names = [t.name for t in self.all_tasks()]

@@ -17,6 +17,7 @@ the first ``k`` ids of the search subset, so stages are nested and every trial s
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import os
@@ -28,8 +29,10 @@ from typing import Any, Literal
 from objectives.config import Constraint, ObjectiveConfig, ScoreSpec, Size, TaskSpec
 from objectives.errors import UserError, first_line
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
+from objectives.selection import ItemMatrix, estimate_record, ordered, stage_estimates
 
-__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "constraint_values", "produced_metrics"]
+__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "constraint_values", "cpu_threads",
+           "produced_metrics"]
 
 Split = Literal["search", "test"]
 
@@ -64,6 +67,7 @@ class StageResult:
     violations: list[str] = field(default_factory=list)
     final: bool = True
     values: dict[str, dict[int, float]] = field(default_factory=dict, repr=False)
+    estimate: dict[str, Any] | None = None  # full-subset estimate (objectives.selection.estimate_record)
 
     @property
     def items(self) -> int:
@@ -194,6 +198,23 @@ def constraint_values(config: ObjectiveConfig, res: StageResult) -> dict[str, fl
     return out
 
 
+@contextlib.contextmanager
+def cpu_threads(threads: int | None, device: Any = "cpu") -> Iterator[None]:
+    """Run the block with torch pinned to ``threads`` CPU threads when ``device`` is the CPU (restored
+    afterwards), as Ray pins a search worker; ``None`` or a GPU device leaves torch as it is."""
+    import torch
+
+    if threads is None or torch.device(device).type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 # --- the objective ----------------------------------------------------------------------------------------
 
 
@@ -204,7 +225,8 @@ class Objective:
     not produce, groups, subsets larger than the task, datasets not available offline).
     """
 
-    def __init__(self, config: ObjectiveConfig, *, tm=None):
+    def __init__(self, config: ObjectiveConfig, *, tm=None, matrix: ItemMatrix | None = None):
+        """``matrix``: the sources' item matrix (``selection: informative``: ordered subsets, stage estimates)."""
         self.config = config
         bad_paths = [p for p in config.include_paths if not p.is_dir()]
         self._tm = tm or (None if bad_paths else task_manager(config.include_paths, config.include_defaults))
@@ -218,8 +240,14 @@ class Objective:
         for prefix, spec in sections:
             for i, t in enumerate(spec.tasks):
                 problems += self._prepare(t, f"{prefix}.tasks[{i}]")
+        problems += [f"objective.selection 'informative' needs per-item mean metrics, but {t.name!r} reports "
+                     f"{t.metric!r}: use selection: random" for t in config.all_tasks() if config.selection ==
+                     "informative" and t.name in self._tasks and not self._is_mean(t.name, t.name)]
         if problems:
             raise UserError(f"objective: {len(problems)} problem(s): " + "; ".join(problems))
+        self.matrix = matrix if config.selection == "informative" else None
+        if self.matrix is not None:
+            self.subsets = ordered(self.subsets, self.matrix)
 
     def _load(self, name: str, spec: TaskSpec, where: str) -> tuple[int | None, str | None]:
         task, problem = _load_task(self._tm, name, where)
@@ -261,7 +289,7 @@ class Objective:
 
     def record(self) -> dict[str, Any]:
         """The subsets as JSON (``{"seed", "tasks": {task: {...ids...}}}``) to store with the run."""
-        return {"seed": self.config.subset_seed,
+        return {"seed": self.config.subset_seed, "selection": "informative" if self.matrix else "random",
                 "tasks": {name: asdict(s) for name, s in self.subsets.items()}}
 
     def stage_sizes(self) -> list[dict[str, int]]:
@@ -344,9 +372,11 @@ class Objective:
         secondary = None
         if c.secondary and all(t.name in scores for t in c.secondary.tasks):
             secondary = aggregate(c.secondary, scores)
+        est = stage_estimates(self.matrix, self.subsets, values) if self.matrix and split == "search" else {}
         return StageResult(split=split, stage=stage, score=primary, tasks=scores, stderr=stderr, n=n,
                            secondary=secondary, violations=self._violations(primary, secondary, scores),
-                           final=split == "test" or stage == len(c.stages) - 1, values=values)
+                           final=split == "test" or stage == len(c.stages) - 1, values=values,
+                           estimate=estimate_record(est, lambda v: aggregate(c, v)) if est else None)
 
     def _violations(self, primary: float, secondary: float | None, scores: dict[str, float]) -> list[str]:
         out = []

@@ -75,6 +75,7 @@ class TrialAttr:
     SECONDARY = "secondary"
     STARTED = "started"
     ENDED = "ended"
+    ESTIMATE = "estimate"  # {"value", "stderr", "items", "tasks"}: full-subset estimate after the last stage run
     STUDY_WARM_ENQUEUED = "warm_start_enqueued"  # a *study* attribute: hand recipes were enqueued
     STUDY_CONFIG = "merge_search_config"  # a *study* attribute: the config keys that decide what its trials mean
 
@@ -114,6 +115,8 @@ class StageReport:
     started: float | None = None  # wall-clock span of a simulated stage (tests of the driver's overlap)
     ended: float | None = None
     busy_seconds: float = 0.0  # set by the actor around the worker call
+    estimate: dict[str, Any] | None = None  # full-subset estimate (objective.selection: informative)
+    pruner_value: float | None = None  # what the pruner sees instead of ``value`` (objective.estimate)
 
     def user_attrs(self) -> dict[str, Any]:
         """The trial user attributes this report sets (JSON values)."""
@@ -127,6 +130,8 @@ class StageReport:
             out.update({TrialAttr.WEIGHTS_SHA256: self.merge.weights_sha256,
                         TrialAttr.MERGE_SECONDS: round(self.merge.seconds, 3),
                         TrialAttr.MERGE_DEVICE: self.merge.device, TrialAttr.MERGE_THREADS: self.merge.threads})
+        if self.estimate is not None:
+            out[TrialAttr.ESTIMATE] = self.estimate
         if self.started is not None:
             out.update({TrialAttr.STARTED: self.started, TrialAttr.ENDED: self.ended})
         return out
@@ -305,6 +310,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.root / "summary.json"
+
+    @property
+    def item_matrix(self) -> Path:  # the sources' per-item scores (objective.selection: informative)
+        return self.root / "item_matrix.json"
 
     # the later stages
     @property

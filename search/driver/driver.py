@@ -7,7 +7,8 @@ see :mod:`search.driver.workers`)::
     worker.run_stage(trial_number, params, seed, stage) -> StageReport   # search.rundir.StageReport
 
 Stages run one after the other on the *same* actor (the merged model stays resident between them). After each
-stage the driver reports the value with ``step = items`` and asks the pruner; a pruned trial is ``PRUNED``. A
+stage the driver reports the value (or the report's ``pruner_value``, an estimate) with ``step = items`` and
+asks the pruner; a pruned trial is ``PRUNED``. A
 worker that raises fails its trial (reason in the ``fail_reason`` user attribute); a worker process that dies
 fails its trial too and the actor is replaced. Both re-queue the parameters up to ``max_retries`` times; when
 ``max_failures_in_a_row`` trials in a row fail for the same reason (numbers aside), the search cannot succeed:
@@ -258,7 +259,7 @@ class Driver:
         trial.set_user_attr(TrialAttr.STAGE, run.stage)
         last = run.stage >= slot.info.setup.stages - 1
         if not last and not self.multi_objective:
-            trial.report(float(out.value), step=out.items)
+            trial.report(float(out.value if out.pruner_value is None else out.pruner_value), step=out.items)
             if trial.should_prune():
                 self.study.tell(trial, state=TrialState.PRUNED)
                 self.result.pruned += 1

@@ -17,6 +17,7 @@ from typing import Any
 
 from objectives.lmeval import make_lm
 from objectives.objective import Objective, constraint_values
+from objectives.selection import ItemMatrix
 from search.merge import ResidentMerger, to_merge_config
 from search.rundir import MergeInfo, StageReport
 
@@ -108,13 +109,17 @@ class MergeEvalWorker:
     between its stages, and each stage only evaluates the documents the previous one did not cover.
     """
 
-    def __init__(self, config: Any):
+    def __init__(self, config: Any, matrix: ItemMatrix | None = None):
         self.config = config
+        self.matrix = matrix  # the sources' item matrix (objective.selection: informative)
         self._trial: _Resident | None = None
 
     def setup(self) -> WorkerSetup:
+        if self.config.objective.selection == "informative" and self.matrix is None:
+            raise ValueError("objective.selection 'informative' needs the sources' item matrix "
+                             "(search.stages.selection.item_matrix)")
         self.merger = ResidentMerger.from_space(self.config.space, device=self.config.device)
-        self.objective = Objective(self.config.objective)
+        self.objective = Objective(self.config.objective, matrix=self.matrix)
         return WorkerSetup(stages=len(self.config.objective.stages), device=self.config.device)
 
     def _load(self, trial_number: int, params: dict, seed: int) -> MergeInfo | None:
@@ -137,7 +142,9 @@ class MergeEvalWorker:
         res = self.objective.score(t.merged.model, t.merged.tokenizer, stage=stage, previous=t.previous, lm=t.lm)
         t.previous = res
         value: Any = [res.score, res.secondary] if self.config.objective.secondary else res.score
+        est = res.estimate
+        use = self.config.objective.estimate and est is not None and not res.final
         return StageReport(value=value, items=res.items, scores=res.tasks, stderr=res.stderr, items_per_task=res.n,
                            eval_seconds=time.perf_counter() - t0, violations=list(res.violations),
                            secondary=res.secondary, constraints=constraint_values(self.config.objective, res),
-                           merge=merge)
+                           merge=merge, estimate=est, pruner_value=est["value"] if use else None)

@@ -5,7 +5,8 @@ Every model is scored by the run's :class:`~objectives.objective.Objective` twic
 (all stages' documents) and on the held-out documents. Recipes and trials are re-merged in memory by
 :func:`search.merge.remerge` with one shared :class:`~search.merge.ResidentMerger` (a trial from its
 :class:`~search.rundir.TrialRecord`, its weights checked against the recorded ``weights_sha256``). The result
-is a :class:`HeldoutReport`, saved as ``heldout.json``::
+is a :class:`HeldoutReport`, saved as ``heldout.json``; on CPU the scoring runs at ``objective.threads`` torch
+threads (default 1, as the search's Ray workers score)::
 
     {"models": {name: {"kind": "trial" | "source" | "recipe", "trial": number or null,
                        "search": {task: score}, "test": {task: score}, "search_avg": x, "test_avg": x,
@@ -27,8 +28,9 @@ from typing import Any
 
 from objectives.errors import UserError
 from objectives.lmeval import make_lm
-from objectives.objective import Objective, aggregate
+from objectives.objective import Objective, aggregate, cpu_threads
 from objectives.schema import load_json
+from objectives.selection import ItemMatrix
 from search.config import RunConfig
 from search.driver.study import load_study, ranked_trials
 from search.merge import ResidentMerger, record_of, remerge
@@ -122,7 +124,8 @@ def top_trials(run: str | Path, k: int) -> list[Any]:
 
 
 def evaluate_candidates(objective, candidates: list[Candidate], *, log=print) -> HeldoutReport:
-    """Score every candidate on the search subsets and the held-out documents."""
+    """Score every candidate on the search subsets and the held-out documents (on CPU with torch pinned to
+    ``objective.threads`` CPU threads while scoring)."""
     models = {}
     for c in candidates:
         log(f"evaluating {c.kind} {c.name} ...")
@@ -137,8 +140,9 @@ def _score(objective, c: Candidate) -> ModelScores:
     cfg = objective.config
     model, tok = c.load()
     lm = make_lm(model, tok, batch_size=cfg.batch_size)
-    search = objective.score(model, tok, split="search", stage=-1, lm=lm)
-    test = objective.score(model, tok, split="test", lm=lm) if objective.has_heldout else None
+    with cpu_threads(cfg.threads, model.device):  # objective.threads, as a search worker scores
+        search = objective.score(model, tok, split="search", stage=-1, lm=lm)
+        test = objective.score(model, tok, split="test", lm=lm) if objective.has_heldout else None
     test_tasks = test.tasks if test else {}
     test_avg = aggregate(cfg, test_tasks) if all(t.name in test_tasks for t in cfg.tasks) else None
     return ModelScores(kind=c.kind, trial=c.trial, search=search.tasks, test=test_tasks, search_avg=search.score,
@@ -215,7 +219,9 @@ def evaluate_models(cfg: RunConfig, out: str | Path, *, recipes: list[str] | Non
     problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
     raise_problems(problems, "evaluate")
     trials = top_trials(run, top_k) if run else []
-    report = evaluate_candidates(Objective(cfg.objective), candidates(cfg, list(recipes or []), trials), log=log)
+    matrix = RunDir(Path(run)).item_matrix if run and Path(run).is_dir() else None  # the search's item order
+    objective = Objective(cfg.objective, matrix=ItemMatrix.load(matrix) if matrix and matrix.is_file() else None)
+    report = evaluate_candidates(objective, candidates(cfg, list(recipes or []), trials), log=log)
     report.save(folder)
     log(f"wrote {folder.heldout_json} and {folder.heldout_md}")
     return report

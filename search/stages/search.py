@@ -27,6 +27,7 @@ from search.driver.workers import MergeEvalWorker
 from search.merge import params_from_recipe, recipe_text, suggest_params
 from search.preflight import raise_problems, run_problems, study_fingerprint
 from search.rundir import RunDir, RunManifest, TrialAttr
+from search.stages.selection import item_matrix, matrix_items
 
 __all__ = ["SearchSummary", "run_search", "warm_params"]
 
@@ -47,11 +48,13 @@ class SearchSummary:
     interrupted: bool
     stopped: str | None
     busy_fraction: float
+    matrix_items: int = 0  # items the sources were scored on by this call (objective.selection: informative)
 
     @classmethod
-    def of(cls, result: DriverResult) -> SearchSummary:
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "busy_fraction"]
-        return cls(**{n: getattr(result, n) for n in names}, busy_fraction=round(result.busy_fraction, 4))
+    def of(cls, result: DriverResult, matrix_items: int = 0) -> SearchSummary:
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("busy_fraction", "matrix_items")]
+        return cls(**{n: getattr(result, n) for n in names}, busy_fraction=round(result.busy_fraction, 4),
+                   matrix_items=matrix_items)
 
 
 def warm_params(cfg: RunConfig) -> list[dict[str, Any]]:
@@ -85,10 +88,12 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
               file=sys.stderr)
     if enqueue_warm_start(study, warm, cfg.seed):
         print(f"warm start: {len(warm)} hand recipe(s) enqueued", file=sys.stderr)
+    scored_now = not run.item_matrix.is_file()
+    matrix = item_matrix(cfg, run, progress=progress)
     init_ray(address, num_cpus=max(os.cpu_count() or 1, math.ceil(scfg.workers * scfg.worker_cpus)))
     run.artifacts.mkdir(parents=True, exist_ok=True)
     driver = Driver(
-        study, worker_factory=functools.partial(MergeEvalWorker, cfg),
+        study, worker_factory=functools.partial(MergeEvalWorker, cfg, matrix),
         suggest=functools.partial(suggest_params, cfg.space), describe=functools.partial(recipe_text, cfg.space),
         n_trials=scfg.n_trials, workers=scfg.workers, seed=cfg.seed, max_retries=scfg.max_retries,
         max_failures_in_a_row=scfg.max_failures_in_a_row,
@@ -96,7 +101,7 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(run.artifacts)),
         artifact_dir=run.upload, progress=progress,
     )
-    summary = SearchSummary.of(driver.run())
+    summary = SearchSummary.of(driver.run(), matrix_items(matrix) if matrix and scored_now else 0)
     run.summary.write_text(_json(dataclasses.asdict(summary)), encoding="utf-8")
     if summary.stopped:
         raise UserError(f"search stopped: {summary.stopped}: fix the cause (each trial's fail_reason) and run the "
