@@ -23,6 +23,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from objectives.objective import cpu_threads
+
 __all__ = ["PreferenceScore", "encode_pair", "preference_scores", "sequence_logps"]
 
 PreferenceScore = dict[str, float | int]  # {"pref_accuracy": float, "reward_margin": float, "n": int}
@@ -97,10 +99,13 @@ def sequence_logps(model, sequences: Sequence[tuple[list[int], int]], *, batch_s
 
 
 def preference_scores(model, tokenizer, pairs: Sequence[dict[str, Any]], *, batch_size: int = 8,
-                      max_length: int | None = None, desc: str | None = None) -> PreferenceScore:
+                      max_length: int | None = None, desc: str | None = None,
+                      threads: int | None = None) -> PreferenceScore:
     """Score ``model`` on preference ``pairs`` (see the module docstring): ``{"pref_accuracy", "reward_margin", "n"}``.
 
-    ``desc`` shows a progress bar with that label. An empty ``pairs`` is a ``ValueError`` (a score of nothing)."""
+    ``desc`` shows a progress bar with that label; ``threads`` pins torch's CPU threads while a CPU model is
+    scored (:func:`objectives.objective.cpu_threads`; None: as they are). An empty ``pairs`` is a ``ValueError``
+    (a score of nothing)."""
     if not pairs:
         raise ValueError("preference_scores needs at least one pair")
     seqs: list[tuple[list[int], int]] = []
@@ -108,7 +113,8 @@ def preference_scores(model, tokenizer, pairs: Sequence[dict[str, Any]], *, batc
         ids_c, start_c, ids_r, start_r = encode_pair(tokenizer, pair, max_length)
         seqs += [(ids_c, start_c), (ids_r, start_r)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logps = sequence_logps(model, seqs, batch_size=2 * batch_size, pad_id=pad, desc=desc)
+    with cpu_threads(threads, next(model.parameters()).device):
+        logps = sequence_logps(model, seqs, batch_size=2 * batch_size, pad_id=pad, desc=desc)
     diffs = [c - r for c, r in zip(logps[0::2], logps[1::2])]
     return {
         "pref_accuracy": sum(d > 0 for d in diffs) / len(diffs),

@@ -76,7 +76,7 @@ def _stage_dpo(ctx: _Context) -> None:
     out = ctx.run.dpo
     shutil.rmtree(out.root, ignore_errors=True)  # an unfinished attempt (no marker): start the stage afresh
     remerge(ctx.run.best_record(), out=out.base)
-    dpo.run_dpo(ctx.cfg.dpo, out.base, out.root)  # ends with its own summary line
+    dpo.run_dpo(ctx.cfg.dpo, out.base, out.root, threads=ctx.cfg.objective.threads)  # ends with its own summary line
 
 
 def _stage_mtbench(ctx: _Context) -> None:

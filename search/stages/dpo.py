@@ -27,7 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
+from objectives.objective import cpu_threads
 from objectives.preference import preference_scores
 from objectives.schema import load_yaml, validate
 from search.config import load_run_config
@@ -36,6 +38,7 @@ from search.stages import prefdata
 from search.stages.dpo_config import DPOStageConfig, QuantSection
 
 __all__ = [
+    "SCORING_THREADS",
     "PrefData",
     "Runtime",
     "load_base",
@@ -47,6 +50,11 @@ __all__ = [
     "save_outputs",
     "train",
 ]
+
+
+# torch CPU threads while the stage scores on CPU (held-out preference accuracy, implicit-reward accuracy):
+# the schema default of `objective.threads`, as the held-out stage scores
+SCORING_THREADS: int | None = ObjectiveConfig.model_fields["threads"].default
 
 
 @dataclass(frozen=True)
@@ -312,15 +320,19 @@ def save_outputs(cfg: DPOStageConfig, trainer, tokenizer, base: Path, rt: Runtim
     return merged
 
 
-def heldout_scores(cfg: DPOStageConfig, model, tokenizer, data: PrefData, desc: str) -> dict:
-    """Held-out preference accuracy and mean log-likelihood margin of ``model``."""
+def heldout_scores(cfg: DPOStageConfig, model, tokenizer, data: PrefData, desc: str, *,
+                   threads: int | None = SCORING_THREADS) -> dict:
+    """Held-out preference accuracy and mean log-likelihood margin of ``model`` (scored on CPU at ``threads``
+    torch threads)."""
     return preference_scores(model, tokenizer, data.heldout, batch_size=cfg.train.eval_batch_size,
-                             max_length=cfg.train.max_length, desc=desc)
+                             max_length=cfg.train.max_length, desc=desc, threads=threads)
 
 
-def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path) -> dict:
+def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
+            threads: int | None = SCORING_THREADS) -> dict:
     """The whole stage; returns ``metrics.json``'s content. ``base`` is a saved HF model folder; ``out`` gets
-    the :class:`~search.rundir.DPOOutputs` layout."""
+    the :class:`~search.rundir.DPOOutputs` layout. On CPU the preference scoring runs at ``threads`` torch
+    threads (None: torch's default); training keeps torch's default."""
     base, files = Path(base), DPOOutputs(Path(out))
     if files.metrics.exists():
         raise UserError(f"--out {str(files.root)!r} already holds a DPO run ({files.metrics.name}): give a new folder")
@@ -329,11 +341,13 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path) -> dict:
     model, tokenizer = load_base(cfg, base, rt)
     data = load_data(cfg, tokenizer)
     _log(f"{len(data.train)} train pairs, {len(data.heldout)} held-out pairs")
-    before = heldout_scores(cfg, model, tokenizer, data, "held-out before")
+    before = heldout_scores(cfg, model, tokenizer, data, "held-out before", threads=threads)
     files.root.mkdir(parents=True, exist_ok=True)
     trainer = train(cfg, model, tokenizer, data, rt, files)
-    after = heldout_scores(cfg, trainer.model, tokenizer, data, "held-out after")
-    metrics = {"heldout_before": before, "heldout_after": after, "train": train_metrics(trainer, data, cfg)}
+    after = heldout_scores(cfg, trainer.model, tokenizer, data, "held-out after", threads=threads)
+    with cpu_threads(threads, rt.device):
+        train_scores = train_metrics(trainer, data, cfg)
+    metrics = {"heldout_before": before, "heldout_after": after, "train": train_scores}
     history = list(trainer.state.log_history)
     save_outputs(cfg, trainer, tokenizer, base, rt, files)
     plot_loss(history, files.loss_png)
