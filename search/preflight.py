@@ -24,6 +24,7 @@ import yaml
 
 from objectives.errors import UserError, first_line
 from objectives.objective import Objective
+from objectives.templates import resolve_chat_template
 from search.config import RunConfig
 from search.merge.sources import is_local, source_problems
 from search.rundir import STAGES, RunDir, TrialAttr
@@ -49,7 +50,8 @@ __all__ = [
 LATER_SECTIONS = {"dpo": "dpo", "mtbench": "mtbench", "pipeline": "heldout"}
 # How much is run, not what a trial computes: a search may be extended or run wider with another value.
 RESOURCE_KEYS = {"search.n_trials", "search.workers", "search.worker_cpus", "search.worker_gpus",
-                 "search.max_retries", "search.max_failures_in_a_row"}
+                 "search.max_retries", "search.max_failures_in_a_row",
+                 "objective.threads"}  # trials run at Ray's pinning; only held-out/evaluate read it
 
 
 def raise_problems(problems: list[str], what: str) -> None:
@@ -315,4 +317,8 @@ def stage_input_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
             problems.append("mtbench.questions is not set: give a FastEval .json, FastChat .jsonl or dataset id")
         elif (q.startswith((".", "/", "~")) or Path(q).suffix) and not Path(q).is_file():
             problems.append(f"mtbench.questions {q!r} does not exist: give a question file or a dataset id")
+        try:
+            resolve_chat_template(cfg.mtbench.chat_template, "mtbench.chat_template")
+        except UserError as err:
+            problems.append(str(err))
     return problems

@@ -31,7 +31,7 @@ class JudgeConfig(Strict):
     ``openai``: any OpenAI-compatible chat-completions endpoint (``base_url`` + ``model``; the API key is
     read from the environment variable named by ``api_key_env`` and never written anywhere).
     ``hf``: a local Hugging Face model folder given as ``model``.
-    ``standin``: an offline stand-in (character n-gram overlap with the reference answers mapped to 1-10);
+    ``standin``: an offline stand-in (reference key words, else character n-gram overlap, mapped to 1-10);
     every output it touches is labelled as NOT an MT-Bench score.
     """
 
@@ -73,6 +73,10 @@ class MTBenchConfig(Strict):
     temperatures: dict[str, float] = pydantic.Field(default_factory=lambda: dict(DEFAULT_TEMPERATURES))
     default_temperature: float = pydantic.Field(0.7, ge=0.0)  # for categories not in ``temperatures``
     system_prompt: str | None = None
+    chat_template: str | None = pydantic.Field(None, description=(
+        "template for answering models whose tokenizer has none (Mistral-7B-v0.1, a merge that took its tokenizer "
+        "from it): `chatml` (built in), a Jinja template or a .jinja file; null or `model` = none. A model with its own "
+        "template is always asked in it"))
     seed: int = 0
     device: str = "cpu"
     limit: int | None = pydantic.Field(None, ge=1)  # first N questions only (smoke runs)

@@ -33,15 +33,29 @@ class ChatModel(Protocol):
                   desc: str = "", on_reply=None) -> list[str]: ...
 
 
+def _use_template(tokenizer, chat_template: str | None) -> bool:
+    """Whether ``chat_template`` is to replace the tokenizer's (it has none); a tokenizer left without any is a
+    :class:`UserError` naming the setting."""
+    if tokenizer.chat_template:
+        return False
+    if chat_template is None:
+        raise UserError("the model's tokenizer has no chat template: set mtbench.chat_template (chatml, a Jinja "
+                        "template or a .jinja file; `mtbench run --chat-template`)")
+    return True
+
+
 class LocalChatModel:
     """A Hugging Face causal LM folder answering chats in batches (same temperature per batch)."""
 
     def __init__(self, model, tokenizer, *, device: str = "cpu", batch_size: int = 8, seed: int = 0,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, chat_template: str | None = None):
+        """``chat_template``: the Jinja template for a tokenizer that has none (``mtbench.chat_template`` resolved
+        by :func:`objectives.templates.resolve_chat_template`); a model with its own template is asked in it."""
         import torch
 
-        if tokenizer.chat_template is None:
-            raise UserError("the model's tokenizer has no chat template; MT-Bench needs one")
+        if _use_template(tokenizer, chat_template):
+            tokenizer.chat_template = chat_template
+            fingerprint = json.dumps([fingerprint, chat_template]) if fingerprint else None
         self.model, self.tok = model.to(device).eval(), tokenizer
         self.device, self.batch_size = device, batch_size
         torch.manual_seed(seed)
@@ -61,7 +75,9 @@ class LocalChatModel:
         stats = [(f.name, f.stat()) for f in sorted(path.iterdir()) if f.is_file()]
         stamp = [[name, st.st_size, st.st_mtime_ns] for name, st in stats]
         kwargs.setdefault("fingerprint", json.dumps(["dir", str(path.resolve()), stamp]))
-        return cls(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        _use_template(tokenizer, kwargs.get("chat_template"))  # refuse before the weights are loaded
+        return cls(AutoModelForCausalLM.from_pretrained(path), tokenizer, **kwargs)
 
     def _eos_ids(self) -> list[int]:
         ids = {self.tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))}

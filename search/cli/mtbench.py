@@ -29,7 +29,7 @@ __all__ = ["register"]
 _OVERRIDES = {
     "questions": ("questions",), "language": ("language",), "max_new_tokens": ("max_new_tokens",),
     "batch_size": ("batch_size",), "limit": ("limit",), "seed": ("seed",), "device": ("device",),
-    "judge": ("judge", "backend"), "judge_url": ("judge", "base_url"), "judge_model": ("judge", "model"),
+    "chat_template": ("chat_template",), "judge": ("judge", "backend"), "judge_url": ("judge", "base_url"), "judge_model": ("judge", "model"),
     "judge_api_key_env": ("judge", "api_key_env"), "judge_prompts": ("judge", "prompts"),
     "judge_concurrency": ("judge", "concurrency"), "judge_retries": ("judge", "retries"),
     "judge_timeout": ("judge", "timeout_s"), "judge_backoff": ("judge", "backoff_s"),
@@ -144,6 +144,8 @@ def register(subparsers) -> None:
     r.add_argument("--batch-size", type=int, help="generation batch size")
     r.add_argument("--limit", type=int, help="only the first N questions (smoke runs)")
     r.add_argument("--seed", type=types.seed, help="sampling seed")
+    r.add_argument("--chat-template", help="template for a model whose tokenizer has none: chatml, a Jinja "
+                   "template or a .jinja file")
     r.add_argument("--device", type=types.device, help="cpu, cuda or cuda:N")
     r.add_argument("--merge-seed", type=types.seed, default=0, help="DARE seed when --model is a recipe")
     r.add_argument("--endpoint-model", help="model name at the endpoint when --model is a URL")

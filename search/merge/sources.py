@@ -89,9 +89,26 @@ def _compatibility(base_model: str, refs: dict, trust_remote_code: bool) -> list
         if base_shapes is None or shapes is None or ref is base:
             continue
         diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
-        if diff:
+        vocab = _vocab_only(diff, shapes, base_shapes)
+        if vocab:
+            problems.append(f"model {m!r} has a vocabulary of {vocab[0]} tokens but the base model {base_model!r} "
+                            f"has {vocab[1]} (added tokens such as ChatML's <|im_start|>; tensors {diff}): merges across "
+                            "vocabularies (mergekit's `tokenizer: {source: base|union}`) are not supported in memory "
+                            "yet: merge sources that share the base's vocabulary")
+        elif diff:
             n = diff[0]
             problems.append(f"model {m!r} does not match the base model {base_model!r}: tensor {n!r} has shape "
                             f"{shapes.get(n)} vs {base_shapes.get(n)} ({len(diff)} tensor(s) differ): merge only "
                             "fine-tunes of the same base")
     return problems
+
+
+def _vocab_only(diff: list[str], shapes: dict, base_shapes: dict) -> tuple[int, int] | None:
+    """``(rows, base rows)`` when every differing tensor differs only in its first (vocabulary) dimension."""
+    rows = set()
+    for n in diff:
+        a, b = shapes.get(n), base_shapes.get(n)
+        if a is None or b is None or len(a) != len(b) or tuple(a[1:]) != tuple(b[1:]):
+            return None
+        rows.add((a[0], b[0]))
+    return rows.pop() if len(rows) == 1 else None

@@ -21,6 +21,7 @@ from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
 from objectives.mtbench.run import SCORES_FILE, rated, run_mtbench
 from objectives.schema import load_yaml, validate
+from objectives.templates import resolve_chat_template
 from search.config import RunConfig, load_run_config
 from search.merge import record_of, remerge
 from search.merge.sources import model_folder_problems
@@ -65,16 +66,22 @@ def chat_model(source: str, cfg: MTBenchConfig, *, endpoint_model: str | None = 
             raise UserError(f"mtbench.device {cfg.device!r} but torch sees no CUDA device: use --device cpu")
     if path.is_dir():
         raise_problems(model_folder_problems(path, "--model"), "mtbench")
-        return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed)
+        return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+                                              chat_template=_template(cfg))
     if path.is_file() and path.suffix in (".yaml", ".yml"):
         record = record_of(path, seed=merge_seed, device=cfg.device)
         res = remerge(record)
         fingerprint = json.dumps(["recipe", record.recipe, merge_seed, cfg.device])
         return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
+                              chat_template=_template(cfg),
                               fingerprint=fingerprint)
     raise UserError(
         f"--model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; pass one of those"
     )
+
+
+def _template(cfg: MTBenchConfig) -> str | None:
+    return resolve_chat_template(cfg.chat_template, "mtbench.chat_template")
 
 
 def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
@@ -103,6 +110,7 @@ def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
                                 "--from dpo (or download the source model)")
             log(f"MT-Bench: {name}")
             model = LocalChatModel.from_pretrained(path, device=cfg.mtbench.device, batch_size=cfg.mtbench.batch_size,
+                                                   chat_template=_template(cfg.mtbench),
                                                    seed=cfg.mtbench.seed)
             run_mtbench(cfg.mtbench, out, model=model, model_id=name)
         names.append(name)

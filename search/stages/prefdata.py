@@ -25,6 +25,7 @@ from typing import Any
 
 from objectives.errors import UserError
 from objectives.preference import encode_pair
+from objectives.templates import CHATML_TEMPLATE
 
 __all__ = [
     "FILE_TYPES",
@@ -41,12 +42,6 @@ __all__ = [
 Pair = dict[str, Any]
 
 LAYOUTS = {"orca": ("question", "chosen", "rejected"), "trl": ("prompt", "chosen", "rejected")}
-
-# The ChatML template (the seed's ``chatml_de``): ``<|im_start|>role\ncontent<|im_end|>\n`` per message.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
-    " + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 FILE_TYPES = tuple(_FILE_BUILDERS)  # suffixes of local preference files

@@ -113,3 +113,48 @@ def test_interrupted_mtbench_run_resumes_without_asking_again(world, tmp_path):
     other = Crashing(fingerprint="model-b")  # other weights: nothing is reused
     run_mtbench(cfg, tmp_path / "out", model=other, model_id="m")
     assert len(other.asked) == 12
+
+
+def _without_template(world, tmp_path):
+    """A copy of the demo base whose tokenizer has no chat template (as Mistral-7B-v0.1's has none)."""
+    import shutil
+
+    folder = tmp_path / "plain-base"
+    shutil.copytree(world.base, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return folder
+
+
+def test_model_without_chat_template_needs_the_setting_and_runs_with_it(world, tmp_path, capsys):
+    folder = _without_template(world, tmp_path)
+    args = ["mtbench", "run", "--model", str(folder), "--questions", str(world.mtbench_questions), "--limit", "2",
+            "--max-new-tokens", "8"]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no chat template" in err[0] and "mtbench.chat_template" in err[0]
+    assert not (tmp_path / "refused" / "answers.jsonl").exists()
+    assert main([*args, "--out", str(tmp_path / "chatml"), "--chat-template", "chatml", "--json"]) == 0
+    answers = [json.loads(line) for line in (tmp_path / "chatml" / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 2
+    template = tmp_path / "t.jinja"  # a Jinja file works too; a bad value is one clear error
+    template.write_text("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "file"), "--chat-template", str(template)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--chat-template", "zephyr-please"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither 'model', 'chatml'" in err[0]
+
+
+def test_a_model_with_its_own_template_keeps_it(world):
+    from objectives.templates import CHATML_TEMPLATE
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(world.base)
+    own = tok.chat_template
+    LocalChatModel(AutoModelForCausalLM.from_pretrained(world.base), tok, chat_template=CHATML_TEMPLATE + " ")
+    assert tok.chat_template == own
