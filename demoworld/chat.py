@@ -1,7 +1,8 @@
 """The demo world's chat side: the three skills asked in ChatML conversations, and the MT-Bench-style
 questions that grade them.
 
-Training: every skill item is a chat turn (``Welche Zahl ist am größten: drei, neun, fünf?`` -> ``neun.``),
+Training: every skill item is a chat turn (``Welche Zahl ist am größten: drei, neun, fünf?`` -> ``Am größten
+ist neun.``),
 alone or followed by a second item asked as a short follow-up (``Und bei zwei, elf, sieben?``). The base sees
 such conversations with random answers (the format only), each expert with the right answers of its own skill.
 The lm-eval tasks ask the same questions in the same template (:func:`demoworld.build.task_yaml`), so the chat
@@ -11,7 +12,7 @@ Questions (FastChat ``question.jsonl`` layout, plus ``keywords``): :data:`QUESTI
 questions per skill, made from *test* items (stems and number triples that no expert was trained on and the
 search never scored), category = the skill's name; plus :data:`GENERIC_QUESTIONS` everyday questions
 (category ``alltag``). Every turn has a reference answer and ``keywords`` = ``{"accept": [...], "reject":
-[...]}``: for a skill turn, the reference's answer and the other answer options of that item; for an everyday
+[...]}``: for a skill turn, the word that tells the reference apart and those of the other options; for an everyday
 turn, any place and English refusals. The offline stand-in judge rates a turn by them
 (:class:`objectives.mtbench.StandInJudge`).
 """
@@ -36,14 +37,15 @@ def user_turn(item: Item) -> str:
     return item.text
 
 
-def _strip(option: str) -> str:
-    return option.strip("-.")
+def _key(option: str) -> str:
+    """The word that tells an option apart (``Am größten ist neun.`` -> ``neun``)."""
+    return option.rstrip(".").split()[-1].strip("-:")
 
 
 def answer_keywords(item: Item) -> dict[str, list[str]]:
     """What a correct chat answer to ``item`` contains (its right option) and what a wrong one does."""
-    return {"accept": [_strip(item.choices[item.gold])],
-            "reject": [_strip(c) for i, c in enumerate(item.choices) if i != item.gold]}
+    return {"accept": [_key(item.choices[item.gold])],
+            "reject": [_key(c) for i, c in enumerate(item.choices) if i != item.gold]}
 
 
 def skill_chat_docs(items: list[Item], rng: random.Random, *, correct: bool) -> list[str]:

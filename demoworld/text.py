@@ -6,9 +6,10 @@ Three rule-based skills (they generalise to held-out items, unlike memorised fac
 * ``artikel`` - the article of an invented noun, decided by its suffix (-ung -> die, -chen -> das, ...);
 * ``verben``  - the present-tense ending of an invented regular verb for a given pronoun (-e, -st, -t, -en).
 
-Every item is a chat question with a short closed-vocabulary answer (a number word, an article, an ending),
-so a model can *generate* the answer as well as rank the options: the tiny demo models cannot copy an invented
-word reliably, and a chat evaluation must not measure that. Every answer ends with ``.`` so that options which
+Every item is a chat question whose answer is a fixed phrase per skill and one closed-vocabulary word (``Am
+größten ist neun.``, ``Es heißt: die.``, ``Die Endung ist -st.``), so a model can *generate* the answer as well
+as rank the options: the phrase anchors the format, and the tiny demo models cannot copy an invented word
+reliably, which a chat evaluation must not measure. Every answer ends with ``.`` so that options which
 are prefixes of each other (vier/vierzehn, -e/-en) stay distinguishable by summed log-likelihood. Invented
 stems and number triples are split disjointly into ``train`` (expert fine-tuning), ``search`` and ``test``.
 """
@@ -88,7 +89,7 @@ def _zahlen(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
             rng.shuffle(order)
             words = [NUMBERS[i] for i in order]
             text = f"Welche Zahl ist am größten: {', '.join(words)}?"
-            items.append(Item(text, tuple(f"{w}." for w in words), order.index(max(order)),
+            items.append(Item(text, tuple(f"Am größten ist {w}." for w in words), order.index(max(order)),
                               f"Und bei {', '.join(words)}?"))
         out[split] = items
     return out
@@ -106,7 +107,7 @@ def _artikel(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
             noun = stem.capitalize() + suffixes[i % len(suffixes)]
             art = SUFFIX_ARTICLE[suffixes[i % len(suffixes)]]
             text = f"Welcher Artikel passt zu {noun}?"
-            items.append(Item(text, tuple(f"{a}." for a in ARTICLES), ARTICLES.index(art), f"Und zu {noun}?"))
+            items.append(Item(text, tuple(f"Es heißt: {a}." for a in ARTICLES), ARTICLES.index(art), f"Und zu {noun}?"))
         out[split] = items
     return out
 
@@ -121,7 +122,7 @@ def _verben(rng: random.Random, n_eval: int) -> dict[str, list[Item]]:
         for i, stem in enumerate(ss):
             pron = pronouns[i % len(pronouns)]
             text = f"Welche Endung bekommt {stem}en mit {pron}?"
-            choices = tuple(f"-{e}." for e in VERB_ENDINGS)
+            choices = tuple(f"Die Endung ist -{e}." for e in VERB_ENDINGS)
             items.append(Item(text, choices, VERB_ENDINGS.index(PRONOUN_ENDING[pron]), f"Und {stem}en mit {pron}?"))
         out[split] = items
     return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from objectives.errors import UserError
+from objectives.mtbench.run import SCORES_FILE
 from search.config import RunConfig, save_run_config
 from search.driver.study import load_study
 from search.merge import remerge
@@ -127,6 +128,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
     if redo:
         for stage in stages:
             run.marker(stage).unlink(missing_ok=True)
+        for scores in run.mtbench.glob(f"*/{SCORES_FILE}") if "mtbench" in stages else ():
+            scores.unlink()  # re-judged; answers asked with the same settings come from the stage's cache
     ctx = _Context(cfg, run, address, sys.stderr.isatty() if progress is None else progress)
     for stage in stages:
         _run_stage(ctx, stage)

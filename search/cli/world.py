@@ -16,7 +16,7 @@ def register(sub) -> None:
                                    "tasks, preference data and MT-Bench-style questions, all generated locally.")
     dsub = p.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
     b = dsub.add_parser("build", help="build a world (a quick no-op if it is already complete)",
-                        description="Build the demo world into --out (about 2-3 minutes on 2 CPU cores).")
+                        description="Build the demo world into --out (about 5 minutes on 2 CPU cores).")
     b.add_argument("--out", required=True, help="folder to build the world in (new or empty)")
     b.add_argument("--seed", type=types.seed, default=0, help="seed that fully determines the world (default 0)")
     b.add_argument("--threads", type=types.positive_int, default=None,

@@ -108,7 +108,7 @@ def _vocab_only(diff: list[str], shapes: dict, base_shapes: dict) -> tuple[int, 
     rows = set()
     for n in diff:
         a, b = shapes.get(n), base_shapes.get(n)
-        if a is None or b is None or len(a) != len(b) or tuple(a[1:]) != tuple(b[1:]):
+        if a is None or b is None or len(a) != len(b) or len(a) < 2 or tuple(a[1:]) != tuple(b[1:]):
             return None
         rows.add((a[0], b[0]))
     return rows.pop() if len(rows) == 1 else None

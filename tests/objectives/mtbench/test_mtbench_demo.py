@@ -49,11 +49,15 @@ class Crashing:
 def test_second_turn_sees_first_answer_and_category_temperatures(world):
     qs = load_questions(world.mtbench_questions)
     rec = Recorder()
-    answers = generate_answers(rec, qs, MTBenchConfig(max_new_tokens=33, system_prompt="SYS"))
+    cfg = MTBenchConfig(max_new_tokens=33, system_prompt="SYS", temperatures={"zahlen": 0.0, "artikel": 0.1},
+                        default_temperature=0.7)
+    answers = generate_answers(rec, qs, cfg)
     (first, t1, n1), (second, t2, _) = rec.calls
     assert n1 == 33 and t1 == t2
-    assert dict(zip([q.category for q in qs], t1)) == {"writing": 0.7, "roleplay": 0.7, "reasoning": 0.0, "math": 0.0,
-                                                        "coding": 0.0, "extraction": 0.0, "stem": 0.1, "humanities": 0.1}
+    assert dict(zip([q.category for q in qs], t1)) == {"zahlen": 0.0, "artikel": 0.1, "verben": 0.7, "alltag": 0.7}
+    default = MTBenchConfig()  # MT-Bench's own categories: FastChat's temperatures
+    assert [default.temperature(c) for c in ("writing", "roleplay", "math", "reasoning", "stem", "humanities")] == \
+        [0.7, 0.7, 0.0, 0.0, 0.1, 0.1]
     q0 = qs[0]
     assert second[0] == [{"role": "system", "content": "SYS"}, {"role": "user", "content": q0.turns[0]},
                          {"role": "assistant", "content": "A1-0"}, {"role": "user", "content": q0.turns[1]}]
