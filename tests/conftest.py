@@ -141,3 +141,14 @@ def postgres():
         subprocess.run([*user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
                        capture_output=True, timeout=120, check=False)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def outer():
+    """The caller's torch thread count set to 3 (differs from every count a test pins), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield 3
+    torch.set_num_threads(before)

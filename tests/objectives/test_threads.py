@@ -12,17 +12,6 @@ from objectives.objective import cpu_threads
 from objectives.preference import preference_scores
 from objectives.schema import validate
 
-OUTER = 3  # the caller's thread count: differs from every count pinned below
-
-
-@pytest.fixture
-def outer():
-    before = torch.get_num_threads()
-    torch.set_num_threads(OUTER)
-    yield OUTER
-    torch.set_num_threads(before)
-
-
 def test_threads_default_is_one_in_the_schema_and_must_be_positive():
     tasks = [{"name": "arc_de"}]
     assert validate(ObjectiveConfig, {"tasks": tasks}, "objective").threads == 1

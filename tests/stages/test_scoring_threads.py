@@ -14,17 +14,6 @@ from search.stages.dpo import SCORING_THREADS, PrefData, heldout_scores
 from search.stages.dpo_config import DPOStageConfig
 from search.stages.heldout import Candidate, evaluate_candidates
 
-OUTER = 3  # the caller's thread count: differs from every count pinned below
-
-
-@pytest.fixture
-def outer():
-    before = torch.get_num_threads()
-    torch.set_num_threads(OUTER)
-    yield OUTER
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def watched(world):
     """The demo base model and its tokenizer, and the thread counts its forward passes ran at."""
