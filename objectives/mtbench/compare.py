@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from objectives.errors import UserError
@@ -68,7 +69,7 @@ def bar_chart(all_scores: list[dict], names: list[str], path: str | Path, title:
 
     cats = _categories(all_scores) + ["average"]
     width = 0.8 / len(all_scores)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cats)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(cats)) + 1.5, 4.3))
     for i, (s, n) in enumerate(zip(all_scores, names)):
         vals = [_value(s, c) or 0.0 for c in cats]
         ax.bar([k + (i - (len(all_scores) - 1) / 2) * width for k in range(len(cats))], vals, width, label=n)
@@ -76,9 +77,9 @@ def bar_chart(all_scores: list[dict], names: list[str], path: str | Path, title:
     ax.set_ylim(0, 10)
     ax.set_ylabel("score (1-10)")
     if any(s.get("label") == STANDIN_LABEL for s in all_scores):
-        title += "\n" + STANDIN_LABEL
+        title += "\n" + "\n".join(textwrap.wrap(STANDIN_LABEL, 70))
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
