@@ -9,6 +9,8 @@ from __future__ import annotations
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
+from objectives.templates import CHATML_TEMPLATE
+
 __all__ = ["ALPHABET", "CHATML_TEMPLATE", "build_tokenizer"]
 
 ALPHABET = (
@@ -19,13 +21,6 @@ ALPHABET = (
     " .,:;!?-+*/=()'\"\n"
 )
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from objectives.errors import UserError
+from objectives.objective import cpu_threads
 from search.merge import mergekit_compat as mk
 from search.merge.hashing import weights_sha256
 from search.merge.sources import source_problems
@@ -144,15 +145,8 @@ class ResidentMerger:
         overwrites every weight, so the merger stays usable. A model the merger was not built with is a
         :class:`UserError`.
         """
-        import torch
-
-        previous = torch.get_num_threads()
-        if threads is not None and threads != previous:
-            torch.set_num_threads(threads)
-        try:
+        with cpu_threads(threads):  # pinned whatever the device: the recorded count is what a re-merge passes
             return self._merge(merge_config, seed, compute_hash)
-        finally:
-            torch.set_num_threads(previous)
 
     def _merge(self, merge_config, seed: int, compute_hash: bool) -> MergeResult:
         import torch

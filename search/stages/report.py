@@ -124,24 +124,21 @@ def _dpo_section(run: RunDir, plots: Path) -> list[str]:
     return lines + [""]
 
 
-def _mtbench_averages(run: RunDir) -> dict[str, float]:
-    """``{model folder name: MT-Bench average}`` of every model the MT-Bench stage scored."""
-    out = {}
-    for path in sorted(run.mtbench.glob(f"*/{SCORES_FILE}")):
-        avg = (_load(path) or {}).get("average")
-        if isinstance(avg, (int, float)):
-            out[path.parent.name] = float(avg)
-    return out
+def _mtbench_scores(run: RunDir) -> dict[str, dict]:
+    """``{model folder name: scores.json}`` of every model the MT-Bench stage rated (it has an average)."""
+    found = {p.parent.name: _load(p) or {} for p in sorted(run.mtbench.glob(f"*/{SCORES_FILE}"))}
+    return {n: s for n, s in found.items() if isinstance(s.get("average"), (int, float))}
 
 
 def _mtbench_verdict(run: RunDir) -> list[str]:
     """Plain statements: is the merge above every source on MT-Bench, and what did DPO do to it?"""
-    avg = _mtbench_averages(run)
+    scores = _mtbench_scores(run)
+    avg = {n: float(s["average"]) for n, s in scores.items()}
     merge, dpo = run.mtbench_model("merge").name, run.mtbench_model("merge+dpo").name
     if merge not in avg:
         return []
     lines, sources = [], {n: v for n, v in avg.items() if n not in (merge, dpo)}
-    standin = "label" in (_load(run.mtbench_model("merge") / SCORES_FILE) or {})
+    standin = "label" in scores[merge]
     what = "MT-Bench average (offline stand-in judge, NOT an MT-Bench score)" if standin else "MT-Bench average"
     if sources:
         top, v = max(sources.items(), key=lambda kv: kv[1])

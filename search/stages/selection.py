@@ -38,13 +38,13 @@ def _load(path: Path, names: list[str], objective: Objective) -> ItemMatrix:
     return matrix
 
 
-def _free(model) -> None:
-    """Give a scored source's memory back before the next one (and before the workers load on the GPU)."""
+def _free() -> None:
+    """Give the scored sources' memory back (the caller dropped its references first), so the next source and
+    the workers find the GPU empty."""
     import gc
 
     import torch
 
-    del model
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -65,7 +65,8 @@ def item_matrix(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> ItemMa
         model, tok = c.load()
         with cpu_threads(cfg.objective.threads, model.device):
             per_source.append(objective.score(model, tok, split="search", stage=-1).values)
-        _free(model)
+        del model, tok
+        _free()
     values = {task: {i: tuple(float(v[task][i]) for v in per_source) for i in sorted(per_source[0][task])}
               for task in per_source[0]}
     matrix = ItemMatrix(tuple(names), values)
