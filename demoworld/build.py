@@ -11,6 +11,10 @@ Layout of a world (all paths in ``world.json`` are relative to the world folder)
 
 A world is built in a hidden sibling folder and renamed into place when complete, so an interrupted build
 never leaves a half world behind and never touches an existing folder's files.
+
+Two kinds share this layout and manifest: ``demo`` (built here; no ``kind`` key in its manifest) and
+``seedlike`` (:mod:`demoworld.seedlike`: per-model tokenizers, chat templates and file formats as in the
+seed merge, plain-text tasks; ``"kind": "seedlike"`` and a ``models`` section in its manifest).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,11 +38,14 @@ from demoworld.tokenizer import build_tokenizer
 from demoworld.train import model_config, new_model, train_lm
 from objectives.errors import UserError
 
-__all__ = ["BUILDER_VERSION", "SKILLS", "World", "build_world", "load_manifest", "task_yaml"]
+__all__ = ["BUILDER_VERSION", "KINDS", "PLAIN_PROMPT", "SKILLS", "World", "build_world", "builder_version",
+           "load_manifest", "task_yaml"]
 
 BUILDER_VERSION = 2  # 2: the skills asked as chat questions with closed answers (tasks, training, MT-Bench)
 SKILLS = T.SKILLS
 EVAL_SPLITS = ("search", "test")
+KINDS = ("demo", "seedlike")
+PLAIN_PROMPT = "Frage: {{text}}\nAntwort:"  # the seedlike world's tasks: plain text, as German lm-eval tasks
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,17 @@ class World:
     tasks: dict[str, dict[str, str]]  # split -> skill -> task name
     preferences: dict[str, Path]
     mtbench_questions: Path
+    kind: str = "demo"
+    models: dict[str, dict] = field(default_factory=dict)  # seedlike: per-model tokenizer/template/format facts
+
+
+def builder_version(kind: str) -> int:
+    """The builder version of a world kind (the demo world's is :data:`BUILDER_VERSION`)."""
+    if kind == "seedlike":
+        from demoworld.seedlike import SEEDLIKE_BUILDER_VERSION
+
+        return SEEDLIKE_BUILDER_VERSION
+    return BUILDER_VERSION
 
 
 def task_name(skill: str, split: str) -> str:
@@ -86,6 +104,9 @@ def load_manifest(root: str | Path) -> World:
         )
     try:
         m = json.loads(man.read_text(encoding="utf-8"))
+        kind = m.get("kind", "demo")  # worlds built before the seedlike kind have no key
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
         world = World(
             root=root.resolve(),
             seed=int(m["seed"]),
@@ -96,10 +117,12 @@ def load_manifest(root: str | Path) -> World:
             tasks={split: dict(m["tasks"][split]) for split in EVAL_SPLITS},
             preferences={k: root.resolve() / v for k, v in m["preferences"].items()},
             mtbench_questions=root.resolve() / m["mtbench_questions"],
+            kind=kind,
+            models=dict(m.get("models", {})),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{man}: malformed world manifest ({err!r}): rebuild the world into a new folder") from None
-    _write_task_yamls(world.include_path, world.include_path / "data")  # keeps the absolute data paths right if the world was moved
+    _write_task_yamls(world.include_path, world.include_path / "data", world.kind)  # keeps the absolute data paths right if the world was moved
     return world
 
 
@@ -110,9 +133,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def task_yaml(name: str, data_file: Path) -> dict:
-    """The lm-eval task of one skill split: each question as a ChatML user turn, the options as the assistant's
-    answer (the demo world's own template, written into the task so every consumer asks the same way)."""
+def task_yaml(name: str, data_file: Path, kind: str = "demo") -> dict:
+    """The lm-eval task of one skill split. ``demo``: each question as a ChatML user turn, the options as the
+    assistant's answer (the demo world's own template, written into the task so every consumer asks the same
+    way). ``seedlike``: plain text without any chat template, ``Frage: ...\nAntwort:`` + ``" "`` + option."""
+    if kind == "seedlike":
+        return {**task_yaml(name, data_file), "doc_to_text": PLAIN_PROMPT, "target_delimiter": " "}
     return {
         "task": name,
         "dataset_path": "json",
@@ -128,7 +154,7 @@ def task_yaml(name: str, data_file: Path) -> dict:
     }
 
 
-def _write_task_yamls(tasks_dir: Path, data_dir: Path) -> None:
+def _write_task_yamls(tasks_dir: Path, data_dir: Path, kind: str = "demo") -> None:
     """(Re)write the task YAMLs in ``tasks_dir`` with absolute paths into ``data_dir`` (lm-eval needs
     absolute ``data_files``); a YAML already right is left untouched."""
     for skill in SKILLS:
@@ -136,7 +162,7 @@ def _write_task_yamls(tasks_dir: Path, data_dir: Path) -> None:
             name = task_name(skill, split)
             data = data_dir.absolute() / f"{skill}_{split}.jsonl"
             target = tasks_dir / f"{name}.yaml"
-            content = yaml.safe_dump(task_yaml(name, data), sort_keys=False, allow_unicode=True)
+            content = yaml.safe_dump(task_yaml(name, data, kind), sort_keys=False, allow_unicode=True)
             if not target.is_file() or target.read_text(encoding="utf-8") != content:
                 target.write_text(content, encoding="utf-8")
 
@@ -146,16 +172,17 @@ def _save_model(model, tokenizer, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
-def _check_out(out: Path, seed: int) -> bool:
-    """True when ``out`` already holds a complete world of this seed; raises on unusable targets."""
+def _check_out(out: Path, seed: int, kind: str = "demo") -> bool:
+    """True when ``out`` already holds a complete world of this kind and seed; raises on unusable targets."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file: give a new or empty folder for the demo world")
     if (out / "world.json").is_file():
         m = json.loads((out / "world.json").read_text(encoding="utf-8"))
-        if m.get("seed") != seed or m.get("builder_version") != BUILDER_VERSION:
+        have, version = m.get("kind", "demo"), builder_version(kind)
+        if m.get("seed") != seed or m.get("builder_version") != version or have != kind:
             raise UserError(
-                f"--out {str(out)!r} holds a world built with seed {m.get('seed')} (builder "
-                f"v{m.get('builder_version')}), not seed {seed} (v{BUILDER_VERSION}): choose another --out"
+                f"--out {str(out)!r} holds a {have} world built with seed {m.get('seed')} (builder "
+                f"v{m.get('builder_version')}), not a {kind} world of seed {seed} (v{version}): choose another --out"
             )
         return True
     if out.is_dir() and any(out.iterdir()):
@@ -163,11 +190,15 @@ def _check_out(out: Path, seed: int) -> bool:
     return False
 
 
-def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads: int | None = None) -> World:
-    """Build the demo world into ``out`` (a quick no-op if a complete world of this seed is there). ``threads``:
-    torch CPU threads while training (default min(4, CPU cores)); the weights depend on it."""
+def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads: int | None = None,
+                kind: str = "demo") -> World:
+    """Build a world of ``kind`` (:data:`KINDS`) into ``out`` (a quick no-op if a complete world of this kind and
+    seed is there). ``threads``: torch CPU threads while training (default min(4, CPU cores)); the weights
+    depend on it."""
+    if kind not in KINDS:
+        raise UserError(f"unknown world kind {kind!r}: choose one of {', '.join(KINDS)}")
     out = Path(out).absolute()
-    if _check_out(out, seed):
+    if _check_out(out, seed, kind):
         return load_manifest(out)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     try:
@@ -178,13 +209,19 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads:
             f"--out {str(out)!r} is not writable ({err.strerror}): choose a folder you can write to"
         ) from None
     try:
-        _build_into(tmp, out, seed, Recipe(), quiet, threads or max(1, min(4, os.cpu_count() or 1)))
+        threads = threads or max(1, min(4, os.cpu_count() or 1))
+        if kind == "seedlike":
+            from demoworld.seedlike import build_seedlike_into
+
+            build_seedlike_into(tmp, out, seed, quiet=quiet, threads=threads)
+        else:
+            _build_into(tmp, out, seed, Recipe(), quiet, threads)
         try:
             if out.is_dir():
                 out.rmdir()  # empty (checked above)
             tmp.rename(out)
         except OSError:
-            if not _check_out(out, seed):  # not another build of the same world finishing first
+            if not _check_out(out, seed, kind):  # not another build of the same world finishing first
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -208,13 +245,9 @@ def _train(model, tok, docs, *, steps, lr, seed, warmup, desc, quiet):
     return losses
 
 
-def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool, threads: int) -> None:
-    t0 = time.time()
-    torch.set_num_threads(threads)
-    tok = build_tokenizer()
-    tok.save_pretrained(tmp / "tokenizer")
+def _write_data(tmp: Path, seed: int, r: Recipe) -> dict:
+    """Task data, preference pairs and questions of a world (the same for every kind); returns the skill items."""
     items = T.skill_items(seed, r.n_eval)
-
     # lm-eval task data (search and test splits; train items are only used for fine-tuning)
     for skill in SKILLS:
         for split in EVAL_SPLITS:
@@ -223,6 +256,30 @@ def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool, threa
     _write_jsonl(tmp / "preferences" / "train.jsonl", prefs[: r.pref_train])
     _write_jsonl(tmp / "preferences" / "test.jsonl", prefs[r.pref_train:])
     _write_jsonl(tmp / "mtbench" / "question.jsonl", mtbench_questions({s: items[s]["test"] for s in SKILLS}, seed))
+    return items
+
+
+def _manifest_paths() -> dict:
+    """The manifest entries every kind shares: relative paths of models, tokenizer, tasks and data."""
+    return {
+        "base": "models/base",
+        "experts": {s: f"models/{s}" for s in SKILLS},
+        "tokenizer": "tokenizer",
+        "tasks": {
+            "include_path": "tasks",
+            **{split: {s: task_name(s, split) for s in SKILLS} for split in EVAL_SPLITS},
+        },
+        "preferences": {"train": "preferences/train.jsonl", "test": "preferences/test.jsonl"},
+        "mtbench_questions": "mtbench/question.jsonl",
+    }
+
+
+def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool, threads: int) -> None:
+    t0 = time.time()
+    torch.set_num_threads(threads)
+    tok = build_tokenizer()
+    tok.save_pretrained(tmp / "tokenizer")
+    items = _write_data(tmp, seed, r)
 
     # Base: generic German text, chat turns, and the three task formats with *random* answers, so the base
     # knows what the questions look like but not how to answer them. Experts then only learn the rule,
@@ -250,15 +307,7 @@ def _build_into(tmp: Path, final: Path, seed: int, r: Recipe, quiet: bool, threa
     manifest = {
         "builder_version": BUILDER_VERSION,
         "seed": seed,
-        "base": "models/base",
-        "experts": {s: f"models/{s}" for s in SKILLS},
-        "tokenizer": "tokenizer",
-        "tasks": {
-            "include_path": "tasks",
-            **{split: {s: task_name(s, split) for s in SKILLS} for split in EVAL_SPLITS},
-        },
-        "preferences": {"train": "preferences/train.jsonl", "test": "preferences/test.jsonl"},
-        "mtbench_questions": "mtbench/question.jsonl",
+        **_manifest_paths(),
         "recipe": r.__dict__,
         "build_seconds": round(time.time() - t0, 1),
     }

@@ -31,6 +31,16 @@ def world():
 
 
 @pytest.fixture(scope="session")
+def seedlike_world():
+    """The seedlike world (``demoworld.seedlike``, about 4 minutes on 2 cores), built once into
+    ``results/seedlike-world`` (or ``MERGE_SEARCH_TEST_SEEDLIKE_WORLD``) and reused."""
+    from demoworld.build import build_world
+
+    path = Path(os.environ.get("MERGE_SEARCH_TEST_SEEDLIKE_WORLD", REPO / "results" / "seedlike-world"))
+    return build_world(path, seed=0, quiet=True, kind="seedlike")
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One private local Ray for every in-process driver of the session (2 CPUs).
 

@@ -21,6 +21,10 @@ def register(sub) -> None:
     b.add_argument("--seed", type=types.seed, default=0, help="seed that fully determines the world (default 0)")
     b.add_argument("--threads", type=types.positive_int, default=None,
                    help="torch CPU threads for training (default min(4, CPU cores)); the weights depend on it")
+    b.add_argument("--kind", choices=["demo", "seedlike"], default="demo",
+                   help="demo (default): one shared ChatML tokenizer, ChatML tasks; seedlike: the seed merge's "
+                        "heterogeneous sources (added ChatML tokens, another template, sharded bf16) and "
+                        "plain-text tasks")
     b.add_argument("--quiet", action="store_true", help="no progress output")
     b.set_defaults(func=_build)
     r = dsub.add_parser("report", help="evaluate base and experts on the test split with lm-eval",
@@ -38,8 +42,8 @@ def register(sub) -> None:
 def _build(args: argparse.Namespace) -> int:
     from demoworld.build import build_world
 
-    world = build_world(args.out, seed=args.seed, quiet=args.quiet, threads=args.threads)
-    print(f"demo world ready: {world.root}")
+    world = build_world(args.out, seed=args.seed, quiet=args.quiet, threads=args.threads, kind=args.kind)
+    print(f"{world.kind} world ready: {world.root}")
     return 0
 
 
