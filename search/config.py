@@ -62,6 +62,9 @@ class WorldConfig(Strict):
 
     path: Path = Path("results/demo-world")
     seed: int = pydantic.Field(0, ge=0, le=2**32 - 1)
+    kind: Literal["demo", "seedlike"] = pydantic.Field("demo", description=(
+        "demo: one shared ChatML tokenizer; seedlike: sources as unlike as the seed merge's (a base without a "
+        "template, ChatML added as tokens, a Zephyr-style template, sharded bfloat16)"))
 
 
 class PipelineConfig(Strict):

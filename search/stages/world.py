@@ -13,4 +13,4 @@ def ensure_world(cfg: RunConfig, *, quiet: bool = False):
         return None
     from demoworld.build import build_world
 
-    return build_world(cfg.world.path, seed=cfg.world.seed, quiet=quiet)
+    return build_world(cfg.world.path, seed=cfg.world.seed, quiet=quiet, kind=cfg.world.kind)
