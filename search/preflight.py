@@ -268,7 +268,8 @@ def run_problems(cfg: RunConfig, run: RunDir, *, address: str | None = None, red
     problems = owner_problems(cfg, run, redo=redo)
     problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
     if models:
-        problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
+        problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
+                                    vocab_ok=cfg.space.merges_vocabularies)
     if tasks:
         try:
             Objective(cfg.objective)
@@ -278,9 +279,10 @@ def run_problems(cfg: RunConfig, run: RunDir, *, address: str | None = None, red
     problems += storage or study_owner_problems(cfg, run.storage_url(cfg.search.storage))
     problems += ray_problems(address)
     problems += device_problems(cfg, address)
-    tok = cfg.space.tokenizer_source
+    field, tok = (("space.tokenizer.source", cfg.space.tokenizer.source) if cfg.space.tokenizer
+                  else ("space.tokenizer_source", cfg.space.tokenizer_source))
     if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
-        problems.append(f"space.tokenizer_source {tok!r} is not a folder: give a model folder, 'base' or 'union'")
+        problems.append(f"{field} {tok!r} is not a folder: give a model folder, 'base' or 'union'")
     return problems
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "architecture_info",
     "base_required",
     "build_executor",
+    "chat_template_problems",
     "dtype_of",
     "load_recipe",
     "merge_options",
@@ -29,10 +30,12 @@ __all__ = [
     "method_parameters",
     "model_ref",
     "open_model",
+    "output_setup",
     "plan_merge_tasks",
     "recipe_problems",
     "reopen_model",
     "tensor_shapes",
+    "tokenizer_problems",
 ]
 
 
@@ -64,6 +67,44 @@ def merge_options(device: str, trust_remote_code: bool = False) -> Any:
     from mergekit.options import MergeOptions
 
     return MergeOptions(device=device, trust_remote_code=trust_remote_code, quiet=True)
+
+
+def output_setup(merge_config, options, arch) -> tuple[Any, Any, Any]:
+    """``(out_config, tokenizer, tokenizer_task)``: what stock ``mergekit-yaml`` writes besides the tensors.
+
+    ``out_config``: the output model's ``transformers`` config (the base's, with the recipe's dtype, the layer
+    count its ``slices`` give and, with a tokenizer setting, the merged vocabulary size, padded as
+    ``pad_to_multiple_of`` says). ``tokenizer``: the merged tokenizer (``tokenizer_source``/``tokenizer:``) or the
+    donor's (base model, else the first referenced model), with the recipe's ``chat_template`` applied.
+    ``tokenizer_task``: mergekit's ``BuildTokenizer`` task of the recipe (None without a tokenizer setting);
+    its value is what the merge tasks need (pass it to :func:`build_executor` as ``known``). These use
+    ``mergekit.merge``'s private helpers (``_model_out_config``, ``_update_config_vocab``,
+    ``_set_chat_template``), so the in-memory result follows stock mergekit wherever it changes;
+    ``tests/merge/test_vocab.py`` compares against the real ``mergekit-yaml``. Never mutates ``merge_config``.
+    """
+    import transformers
+    from mergekit import merge as mm
+    from mergekit.plan import MergePlanner
+
+    config = merge_config.model_copy(deep=True)
+    out_config = mm._model_out_config(config, arch, trust_remote_code=options.trust_remote_code)
+    task = MergePlanner(config, arch, options=options, out_model_config=out_config)._tokenizer_task
+    info = None
+    if task is not None:
+        info = task.execute()
+        pad = config.tokenizer.pad_to_multiple_of if config.tokenizer else None
+        mm._update_config_vocab(out_config, arch, info.tokenizer, pad_to_multiple_of=pad)
+        tokenizer = info.tokenizer
+    else:
+        donor = config.base_model or config.referenced_models()[0]
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            donor.model.path, revision=donor.model.revision, trust_remote_code=options.trust_remote_code)
+    try:
+        mm._set_chat_template(tokenizer, config, trust_remote_code=options.trust_remote_code)
+    except RuntimeError as err:  # mergekit's words: "Invalid chat template: ..."
+        raise UserError(f"chat_template: {err}: use a template name mergekit ships (chatml, alpaca, ...), "
+                        "'auto' or a Jinja template") from None
+    return out_config, tokenizer, (task, info) if task is not None else None
 
 
 def plan_merge_tasks(merge_config, options, out_model_config, arch=None) -> list:
@@ -138,22 +179,59 @@ def tensor_shapes(ref) -> dict[str, tuple[int, ...]] | None:
     return shapes
 
 
-def build_executor(targets: list, device: str, load: Callable[[Any], Any] | None = None) -> Any:
+def build_executor(targets: list, device: str, load: Callable[[Any], Any] | None = None,
+                   known: dict | None = None) -> Any:
     """mergekit's ``Executor`` for the planned ``targets``.
 
     With ``load``, every tensor-load task of the graph is served by ``load(task)`` (mergekit's
     ``cached_values``) instead of being read by the executor, so a caller can keep the sources resident.
+    ``known``: values of other tasks already computed (``{task: value}``, e.g. the ``BuildTokenizer`` task of
+    :func:`output_setup`), served the same way.
     """
     from mergekit.graph import Executor, TaskHandle, TaskUniverse
     from mergekit.io.tasks import LoadTensor
 
-    if load is None:
+    known = known or {}
+    if load is None and not known:
         return Executor(targets, math_device=device, storage_device=device)
     universe = TaskUniverse(targets)
     handles = [universe.add_task(t) for t in targets]
-    cached = {TaskHandle(universe, i): load(task) for i, task in enumerate(universe.tasks)
-              if isinstance(task, LoadTensor)}
+    cached = {}
+    for i, task in enumerate(universe.tasks):
+        if task in known:
+            cached[TaskHandle(universe, i)] = known[task]
+        elif load is not None and isinstance(task, LoadTensor):
+            cached[TaskHandle(universe, i)] = load(task)
     return Executor(handles, math_device=device, storage_device=device, cached_values=cached)
+
+
+def tokenizer_problems(section: dict, where: str) -> list[str]:
+    """Problems of a ``tokenizer:`` section as mergekit's ``TokenizerConfig`` validates it."""
+    import pydantic
+    from mergekit.tokenizer.config import TokenizerConfig
+
+    try:
+        TokenizerConfig.model_validate(section)
+    except pydantic.ValidationError as err:
+        return [format_validation_error(err, where)]
+    out: list[str] = []
+    _walk(section, TokenizerConfig, where, None, out)  # mergekit ignores unknown keys (``sorce``)
+    return out
+
+
+def chat_template_problems(template: str, where: str) -> list[str]:
+    """Problems of a recipe's ``chat_template`` by the rule ``mergekit-yaml`` applies when it saves the tokenizer:
+    a template name it ships, ``auto``, or a Jinja template (20+ characters with ``{``)."""
+    import importlib.resources
+
+    from mergekit._data import chat_templates
+
+    names = sorted(p.name[:-len(".jinja")] for p in importlib.resources.files(chat_templates).iterdir()
+                   if p.name.endswith(".jinja"))
+    if template == "auto" or template in names or (len(template) >= 20 and "{" in template):
+        return []
+    return [f"{where}: {template!r} is neither a template name mergekit ships ({', '.join(names)}), 'auto', nor a "
+            f"Jinja template{_close(template, names)}"]
 
 
 def method_names() -> list[str]:
@@ -201,6 +279,15 @@ def _is_mapping(annotation) -> bool:
     return typing.get_origin(annotation) is dict or any(_is_mapping(a) for a in typing.get_args(annotation))
 
 
+def _union_member(models: list[type], section) -> list[type]:
+    """The models a section is checked against: for a union of several (e.g. a token's embedding ``source``),
+    the one whose fields hold all its keys, else the closest one."""
+    if len(models) < 2 or not isinstance(section, dict):
+        return models
+    fits = [m for m in models if set(section) <= set(m.model_fields)]
+    return fits[:1] or [max(models, key=lambda m: len(set(section) & set(m.model_fields)))]
+
+
 def _close(word: str, options) -> str:
     found = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {found[0]!r}?)" if found else ""
@@ -226,10 +313,9 @@ def _walk(value, model: type, where: str, params: set[str] | None, out: list[str
         else:
             annotation = fields[key].annotation
             keyed = _is_mapping(annotation) and isinstance(item, dict)  # {name: section}, e.g. modules, tokens
-            for sub in _models_in(annotation):
-                if sub.__name__ in ("ModelReference", "ModelPath"):  # given as a plain string
-                    continue
-                for name, section in (item.items() if keyed else [("", item)]):
+            subs = [m for m in _models_in(annotation) if m.__name__ not in ("ModelReference", "ModelPath")]
+            for name, section in (item.items() if keyed else [("", item)]):
+                for sub in _union_member(subs, section):
                     _walk(section, sub, f"{here}.{name}" if name else here, params, out)
 
 
@@ -259,4 +345,10 @@ def recipe_problems(data: dict) -> list[str]:
         out.append(f"merge_method: unknown merge method {method!r}{_close(str(method), names)}")
     _walk(data, MergeConfiguration, "", params, out)
     _non_finite(data, "", out)
+    if isinstance(data.get("chat_template"), str):
+        out += chat_template_problems(data["chat_template"], "chat_template")
+    tokenizer = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
+    if not data.get("base_model") and "union" in (data.get("tokenizer_source"), tokenizer.get("source")):
+        out.append("base_model: a `union` tokenizer without base_model takes its special tokens and template from "
+                   "whichever source mergekit lists first (a set: it differs from run to run): set base_model")
     return out

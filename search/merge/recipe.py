@@ -94,12 +94,24 @@ def recipe_dict(space: SpaceConfig, models: list[dict[str, Any]], shared: dict[s
         data["out_dtype"] = space.out_dtype
     if space.tokenizer_source:
         data["tokenizer_source"] = space.tokenizer_source
+    if space.tokenizer:
+        data["tokenizer"] = space.tokenizer_dict()
+    if space.chat_template is not None:
+        data["chat_template"] = space.chat_template
     return data
 
 
 def recipe_yaml(merge_config) -> str:
-    """The YAML text of ``merge_config`` exactly as stock ``mergekit-yaml`` reads it."""
-    return merge_config.to_yaml()
+    """The YAML text of ``merge_config`` as stock ``mergekit-yaml`` reads it (mergekit's own ``to_yaml``, except
+    that a ``tokenizer:`` section keeps its ``source`` when it is mergekit's default ``union``: ``tokenizer: {}``
+    would mean the same to mergekit but nothing to a reader)."""
+    import yaml
+    from mergekit.config import ConfigYamlDumper
+
+    data = merge_config.model_dump(exclude_defaults=True, mode="json")
+    if merge_config.tokenizer is not None:
+        data["tokenizer"] = merge_config.tokenizer.model_dump(mode="json", exclude_none=True)
+    return yaml.dump(data, Dumper=ConfigYamlDumper).rstrip()
 
 
 def recipe_text(space: SpaceConfig, params: dict[str, Any]) -> str:

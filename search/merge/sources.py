@@ -48,9 +48,11 @@ def model_folder_problems(path: str | Path, what: str = "model") -> list[str]:
 
 
 def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
-                    trust_remote_code: bool = False) -> list[str]:
+                    trust_remote_code: bool = False, vocab_ok: bool = False) -> list[str]:
     """Every problem of a set of merge sources (base first): folders and weights that cannot be read, another
     architecture, or tensor shapes that differ from the base. Empty when they can be merged as they are.
+    ``vocab_ok``: the recipe has a tokenizer setting, so vocabularies of different sizes are merged (mergekit
+    aligns the embedding rows token by token); without one they are a problem naming that setting.
     The sources stay open in mergekit's loader cache for ``device`` (where a merger then reads them)."""
     options = mk.merge_options(device, trust_remote_code)
     problems, refs = [], {}
@@ -70,11 +72,11 @@ def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
                          "folder, or a hub id that is downloaded/cached"]
         problems += found
     if base_model in refs:
-        problems += _compatibility(base_model, refs, trust_remote_code)
+        problems += _compatibility(base_model, refs, trust_remote_code, vocab_ok)
     return problems
 
 
-def _compatibility(base_model: str, refs: dict, trust_remote_code: bool) -> list[str]:
+def _compatibility(base_model: str, refs: dict, trust_remote_code: bool, vocab_ok: bool) -> list[str]:
     base = refs[base_model]
     arch = base.config(trust_remote_code=trust_remote_code).architectures
     base_shapes = mk.tensor_shapes(base)
@@ -90,11 +92,13 @@ def _compatibility(base_model: str, refs: dict, trust_remote_code: bool) -> list
             continue
         diff = sorted(n for n in set(shapes) | set(base_shapes) if shapes.get(n) != base_shapes.get(n))
         vocab = _vocab_only(diff, shapes, base_shapes)
+        if vocab and vocab_ok:
+            continue
         if vocab:
             problems.append(f"model {m!r} has a vocabulary of {vocab[0]} tokens but the base model {base_model!r} "
-                            f"has {vocab[1]} (added tokens such as ChatML's <|im_start|>; tensors {diff}): merges across "
-                            "vocabularies (mergekit's `tokenizer: {source: base|union}`) are not supported in memory "
-                            "yet: merge sources that share the base's vocabulary")
+                            f"has {vocab[1]} (added tokens such as ChatML's <|im_start|>): say how to merge the "
+                            "vocabularies, e.g. `tokenizer: {source: base}` (the base's tokens) or `tokenizer: {source: "
+                            "union}` (every model's tokens) in space (or in the recipe)")
         elif diff:
             n = diff[0]
             problems.append(f"model {m!r} does not match the base model {base_model!r}: tensor {n!r} has shape "

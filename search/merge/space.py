@@ -31,6 +31,7 @@ __all__ = [
     "ParamSlot",
     "Range",
     "SpaceConfig",
+    "TokenizerSpec",
 ]
 
 # Search ranges used for a per-model parameter that the method declares but the space does not mention.
@@ -79,6 +80,18 @@ ParamSpec = Annotated[
 ]
 
 
+class TokenizerSpec(Strict):
+    """mergekit's ``tokenizer:`` section, fixed for the whole search: how the output vocabulary is built when
+    the sources' vocabularies differ (e.g. a fine-tune that added ChatML's ``<|im_start|>``/``<|im_end|>``)."""
+
+    source: str = pydantic.Field("union", description=(
+        "`base`: the base model's tokens; `union`: every model's tokens; or a model whose tokenizer is used"))
+    tokens: dict[str, dict[str, Any]] | None = pydantic.Field(None, description=(
+        "per-token embedding sources as mergekit reads them: `{\"<|im_end|>\": {source: MODEL}}`, `{source: {kind: "
+        "zero}}`, `{source: {kind: model_token, model: M, token: \"</s>\"}}`; `force: true` overrides present rows"))
+    pad_to_multiple_of: int | None = pydantic.Field(default=None, ge=1)  # vocabulary rows padded to a multiple
+
+
 class ModelSpace(Strict):
     """One candidate model: a local folder or hub id and its per-model parameters (fixed or searched)."""
 
@@ -102,7 +115,13 @@ class SpaceConfig(Strict):
     parameters: dict[str, ParamSpec] = pydantic.Field(default_factory=dict)
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     out_dtype: Literal["bfloat16", "float16", "float32"] | None = None
-    tokenizer_source: str | None = None
+    tokenizer_source: str | None = pydantic.Field(None, description=(
+        "how differing vocabularies merge (mergekit's setting): `base`, `union` or a model; or use `tokenizer`"))
+    tokenizer: TokenizerSpec | None = pydantic.Field(None, description=(
+        "mergekit's fuller `tokenizer:` section (source, tokens, pad_to_multiple_of); at most one of the two"))
+    chat_template: str | None = pydantic.Field(None, description=(
+        "the merge's chat template (mergekit's): `chatml`, `alpaca`, `llama3`, `mistral`, `exaone`, `auto` (the "
+        "sources' most common) or a Jinja template; null: the tokenizer source's own"))
     cache_sources: bool = True  # keep source tensors on the merge device between candidates (memory: all sources)
     # Granularity: a gradient of ``layer_groups`` values per searched per-model parameter, and/or one value
     # per filter (e.g. ``self_attn``, ``mlp``) plus one for all other tensors.
@@ -142,11 +161,32 @@ class SpaceConfig(Strict):
                                     f"{self.merge_method}{where}")
                 else:
                     problems += _type_problems(f"models[{i}].parameters.{key}", spec, per_model[key])
+        problems += self._tokenizer_problems()
         if len(set(self.filters)) != len(self.filters):
             problems.append(f"filters: each filter must appear once, but got {self.filters}")
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def _tokenizer_problems(self) -> list[str]:
+        problems = []
+        if self.tokenizer_source and self.tokenizer:
+            problems.append("tokenizer_source and tokenizer: give only one (mergekit refuses both); "
+                            f"e.g. tokenizer: {{source: {self.tokenizer_source}}}")
+        if self.tokenizer:
+            problems += mk.tokenizer_problems(self.tokenizer_dict(), "tokenizer")
+        if self.chat_template is not None:
+            problems += mk.chat_template_problems(self.chat_template, "chat_template")
+        return problems
+
+    def tokenizer_dict(self) -> dict[str, Any] | None:
+        """The ``tokenizer:`` section as the recipe writes it (None when not set)."""
+        return self.tokenizer.model_dump(exclude_none=True) if self.tokenizer else None
+
+    @property
+    def merges_vocabularies(self) -> bool:
+        """Whether the space says how differing vocabularies merge (``tokenizer_source`` or ``tokenizer``)."""
+        return bool(self.tokenizer_source or self.tokenizer)
 
     @cached_property
     def slots(self) -> list[ParamSlot]:

@@ -99,13 +99,14 @@ class HeldoutReport:
         return cls(models=models, subsets=data.get("subsets", {}))
 
 
-def _source(path: str, tokenizer: str | None, dtype: str, device: str) -> Callable[[], tuple[Any, Any]]:
+def _source(path: str, dtype: str, device: str) -> Callable[[], tuple[Any, Any]]:
+    """A source model with its own tokenizer (sources may differ in vocabulary and template)."""
     def load():
         import torch
         import transformers
 
         model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        tok = transformers.AutoTokenizer.from_pretrained(tokenizer or path)
+        tok = transformers.AutoTokenizer.from_pretrained(path)
         return model.to(device).eval(), tok
     return load
 
@@ -189,7 +190,7 @@ def candidates(cfg: RunConfig, recipes: list[str], trials: list[Any], study_name
         return merger[0]
 
     out = [Candidate(Path(p).name if i else f"base:{Path(p).name}", "source", None,
-                     _source(p, space.tokenizer_source, dtype, device))
+                     _source(p, dtype, device))
            for i, p in enumerate(space.model_paths())]
     for i, r in enumerate(list(cfg.recipes or []) + list(recipes)):
         record = record_of(r, seed=cfg.seed, label=_recipe_name(r, i))
@@ -216,7 +217,8 @@ def evaluate_models(cfg: RunConfig, out: str | Path, *, recipes: list[str] | Non
         folder.heldout_json.name, folder.heldout_md.name}  # a run folder, or a folder of its own
     problems = output_problems(folder.root, what="--out", inputs=local_models(cfg.space.model_paths()), own=own)
     problems += owner_problems(cfg, folder, redo="heldout")
-    problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device)
+    problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
+                                vocab_ok=cfg.space.merges_vocabularies)
     raise_problems(problems, "evaluate")
     trials = top_trials(run, top_k) if run else []
     matrix = RunDir(Path(run)).item_matrix if run and Path(run).is_dir() else None  # the search's item order

@@ -15,7 +15,7 @@ def test_added_tokens_are_named_as_a_vocabulary_mismatch(world, tmp_path):
     problems = source_problems(str(world.base), [str(tmp_path / "chatml"), str(world.experts["artikel"])])
     assert len(problems) == 1
     assert f"vocabulary of {rows + 2} tokens" in problems[0] and f"base model {str(world.base)!r} has {rows}" in problems[0]
-    assert "tokenizer: {source: base|union}" in problems[0]
+    assert "`tokenizer: {source: base}`" in problems[0] and "`tokenizer: {source: union}`" in problems[0]
 
 
 def test_pytorch_bin_only_source_says_how_to_convert(world, tmp_path):
