@@ -11,7 +11,7 @@ from pathlib import Path
 
 from objectives.errors import UserError
 
-__all__ = ["CHATML_TEMPLATE", "resolve_chat_template"]
+__all__ = ["CHATML_TEMPLATE", "end_of_turn", "resolve_chat_template", "template_tokens"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
@@ -37,3 +37,41 @@ def resolve_chat_template(value: str | None, where: str) -> str | None:
                             "UTF-8 .jinja file") from None
     raise UserError(f"{where}: {value!r} is neither 'model', 'chatml', a Jinja template nor an existing .jinja file: "
                     "pass one of those")
+
+
+_SENTINEL = "\x00reply\x00"
+
+
+def end_of_turn(tokenizer) -> str | None:
+    """The text a tokenizer's chat template writes right after an assistant reply (``<|im_end|>`` for ChatML,
+    ``</s>`` for Zephyr), found by rendering a reply and reading what follows it up to the line end; ``None``
+    when the template writes nothing there (or the tokenizer has no template). Generation stops at it."""
+    if not tokenizer.chat_template:
+        return None
+    conv = [{"role": "user", "content": "?"}, {"role": "assistant", "content": _SENTINEL}]
+    try:
+        text = tokenizer.apply_chat_template(conv, tokenize=False)
+    except Exception:  # noqa: BLE001 -- a template that refuses this shape (e.g. needs a system turn): no marker
+        return None
+    if _SENTINEL not in text:
+        return None
+    after = text.split(_SENTINEL, 1)[1].lstrip(" ")
+    marker = after.split("\n", 1)[0].strip()
+    return marker or None
+
+
+def template_tokens(tokenizer) -> list[int]:
+    """Ids of the tokenizer's *added* tokens (``added_tokens_decoder``) that its chat template writes around a
+    system, user and assistant turn (``<|im_start|>``, ``<|im_end|>`` for ChatML added by a fine-tune), sorted;
+    empty when there is no template or the template writes none (its markers then tokenize as plain text)."""
+    if not tokenizer.chat_template:
+        return []
+    added = {tok.content: i for i, tok in tokenizer.added_tokens_decoder.items()}
+    conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"}]
+    try:
+        text = tokenizer.apply_chat_template(conv, tokenize=False)
+    except Exception:  # noqa: BLE001 -- a template without a system turn
+        text = tokenizer.apply_chat_template(conv[1:], tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return sorted({i for i in ids if tokenizer.convert_ids_to_tokens(i) in added})

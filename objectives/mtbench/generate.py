@@ -9,6 +9,7 @@ FastChat ``model_answer`` JSONL (``question_id``, ``answer_id``, ``model_id``, `
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -22,6 +23,7 @@ from objectives.mtbench.cache import ReplyCache, cached_replies
 from objectives.mtbench.client import HttpSettings, chat_all
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.questions import Question
+from objectives.templates import end_of_turn
 
 __all__ = ["ChatModel", "EndpointChatModel", "LocalChatModel", "generate_answers", "read_answers", "write_answers"]
 
@@ -54,12 +56,17 @@ class LocalChatModel:
         import torch
 
         if _use_template(tokenizer, chat_template):
+            tokenizer = copy.copy(tokenizer)  # the caller's tokenizer keeps its (missing) template
             tokenizer.chat_template = chat_template
             fingerprint = json.dumps([fingerprint, chat_template]) if fingerprint else None
         self.model, self.tok = model.to(device).eval(), tokenizer
         self.device, self.batch_size = device, batch_size
         torch.manual_seed(seed)
+        self.end_of_turn = end_of_turn(self.tok)
         self.eos = self._eos_ids()
+        # The end-of-turn marker stops as text too: it may be no single token (ChatML spelled in characters), and
+        # a merge whose vocabulary has it as a token may still write it in characters (a source learned it so).
+        self.stop_strings = [self.end_of_turn] if self.end_of_turn else []
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos[0]
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.fingerprint = fingerprint
@@ -79,14 +86,23 @@ class LocalChatModel:
         _use_template(tokenizer, kwargs.get("chat_template"))  # refuse before the weights are loaded
         return cls(AutoModelForCausalLM.from_pretrained(path), tokenizer, **kwargs)
 
+    def _token_id(self, text: str) -> int | None:
+        """The id of ``text`` when it is one token of the vocabulary."""
+        return self.tok.get_vocab().get(text)
+
     def _eos_ids(self) -> list[int]:
+        """Every id that ends a turn: the tokenizer's eos, the generation config's, the template's end-of-turn
+        token and ChatML's ``<|im_end|>`` when the vocabulary has it."""
         ids = {self.tok.eos_token_id, *(_as_list(self.model.generation_config.eos_token_id))}
-        im_end = self.tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in self.tok.get_vocab() else None
-        return sorted(i for i in ids | {im_end} if i is not None)
+        ids |= {self._token_id("<|im_end|>"), self._token_id(self.end_of_turn) if self.end_of_turn else None}
+        return sorted(i for i in ids if i is not None)
+
+    def render(self, conv: list[dict]) -> str:
+        """The prompt text the model is given for ``conv`` (its chat template, generation prompt added)."""
+        return self.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
 
     def _encode(self, conv: list[dict], max_new_tokens: int) -> list[int]:
-        text = self.tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        ids = self.tok(self.render(conv), add_special_tokens=False)["input_ids"]
         if self.max_positions and len(ids) > self.max_positions - min(max_new_tokens, self.max_positions // 2):
             ids = ids[-(self.max_positions - min(max_new_tokens, self.max_positions // 2)):]  # keep the latest turns
         return ids
@@ -121,9 +137,16 @@ class LocalChatModel:
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.device)
         new = max_new_tokens if not self.max_positions else max(1, min(max_new_tokens, self.max_positions - width))
         sampling = {"do_sample": True, "temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {"do_sample": False}
+        stops = {"stop_strings": self.stop_strings, "tokenizer": self.tok} if self.stop_strings else {}
         gen = self.model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=new,
-                                  eos_token_id=self.eos, pad_token_id=self.pad, **sampling)
-        return [self.tok.decode(row[width:], skip_special_tokens=True).strip() for row in gen]
+                                  eos_token_id=self.eos, pad_token_id=self.pad, **sampling, **stops)
+        return [self._cut(self.tok.decode(row[width:], skip_special_tokens=True)) for row in gen]
+
+    def _cut(self, text: str) -> str:
+        """A reply up to its end-of-turn marker (a string stop leaves the marker in the text)."""
+        for stop in self.stop_strings:
+            text = text.split(stop, 1)[0]
+        return text.strip()
 
 
 def _as_list(x) -> list:

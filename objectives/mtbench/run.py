@@ -20,14 +20,16 @@ from objectives.mtbench.judges import judge_answers, judge_scope, make_judge
 from objectives.mtbench.prompts import builtin_prompts, load_prompts
 from objectives.mtbench.questions import load_questions
 from objectives.mtbench.scores import compute_scores
+from objectives.templates import template_tokens
 
-__all__ = ["ANSWERS_FILE", "OUTPUT_NAMES", "REPLIES_FILE", "SCORES_FILE", "rated", "run_mtbench", "write_json"]
+__all__ = ["ANSWERS_FILE", "OUTPUT_NAMES", "PROMPT_FILE", "REPLIES_FILE", "SCORES_FILE", "rated", "run_mtbench", "write_json"]
 
 ANSWERS_FILE = "answers.jsonl"
 REPLIES_FILE = "judge-replies.json"
 SCORES_FILE = "scores.json"
+PROMPT_FILE = "rendered-prompt.txt"
 CACHE_DIR = "cache"
-OUTPUT_NAMES = {ANSWERS_FILE, REPLIES_FILE, SCORES_FILE, CACHE_DIR}  # everything a run writes into its folder
+OUTPUT_NAMES = {ANSWERS_FILE, REPLIES_FILE, SCORES_FILE, PROMPT_FILE, CACHE_DIR}  # everything a run writes into its folder
 
 log = logging.getLogger("merge_search.mtbench")
 
@@ -55,6 +57,7 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
         cache = ReplyCache(out / CACHE_DIR / "answers.jsonl", fingerprint) if fingerprint else None
         answers = generate_answers(model, questions, cfg, desc=f"{model_id} :: MT-Bench answers", cache=cache)
         write_answers(out / ANSWERS_FILE, answers, model_id)
+        _save_rendered_prompt(model, questions, answers, cfg, out)
     else:
         answers = read_answers(answers_path)
     missing = [q.question_id for q in questions if q.question_id not in answers]
@@ -73,6 +76,24 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
                         f"{n['unparsed_first_turn'] + n['unparsed_second_turn']} without a rating from 1 to 10; see "
                         f"{out / REPLIES_FILE}): check that the judge answers (mtbench.judge) and run again")
     return scores
+
+
+def _save_rendered_prompt(model, questions, answers: dict, cfg: MTBenchConfig, out: Path) -> None:
+    """``PROMPT_FILE``: the first question's second-turn prompt exactly as a local model saw it (its chat
+    template, the first answer in context) and where its turns stop; endpoints render their own prompts."""
+    if not hasattr(model, "render") or not questions or questions[0].question_id not in answers:
+        return
+    q = questions[0]
+    conv = ([{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []) + [
+        {"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": answers[q.question_id][0]},
+        {"role": "user", "content": q.turns[1]}]
+    stops = [model.tok.convert_ids_to_tokens(i) for i in model.eos]
+    markers = model.tok.convert_ids_to_tokens(template_tokens(model.tok)) or "none (spelled in ordinary tokens)"
+    header = (f"# question {q.question_id}, turn 2, as rendered by the model's chat template\n"
+              f"# template markers that are single added tokens: {markers}\n"
+              f"# a turn stops at the tokens {stops}" + (f" or the text {list(model.stop_strings)}"
+                                                           if model.stop_strings else "") + "\n")
+    (out / PROMPT_FILE).write_text(header + model.render(conv), encoding="utf-8")
 
 
 def rated(scores: dict) -> bool:

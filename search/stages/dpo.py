@@ -6,9 +6,11 @@ Recipe-shaped, one function per step::
       load_base   -> model + tokenizer (4-bit NF4 QLoRA base on CUDA, unquantized base on CPU)
       load_data   -> train / held-out pairs (bad rows reported, skipped or fatal)
       evaluate    -> held-out preference accuracy before training
-      train       -> trl DPOTrainer with a peft LoraConfig (the reference is the base with the adapter disabled)
+      train       -> trl DPOTrainer with a peft LoraConfig (the reference is the base with the adapter disabled);
+                     the embedding rows of the added tokens the chat template writes (ChatML added by a
+                     fine-tune) train too, peft trainable_token_indices (dpo.lora.trainable_tokens)
       evaluate    -> held-out preference accuracy after training + DPO implicit-reward accuracy on train pairs
-      save        -> adapter/, model/ (merged full model + tokenizer), metrics.json, loss.png, config.yaml
+      save        -> adapter/, model/ (merged full model + tokenizer with its template), metrics.json, loss.png, config.yaml
 
 Defaults are the seed's LLaMA-Factory run: QLoRA 4-bit NF4 double-quant bf16 compute, LoRA on q_proj,v_proj,
 lr 5e-6, cosine, warmup 0.1, 3 epochs, batch 8 x grad-accum 4, ChatML, beta 0.1.
@@ -32,10 +34,12 @@ from objectives.errors import UserError
 from objectives.objective import cpu_threads
 from objectives.preference import preference_scores
 from objectives.schema import load_yaml, validate
+from objectives.templates import resolve_chat_template, template_tokens
 from search.config import load_run_config
 from search.rundir import DPOOutputs
 from search.stages import prefdata
 from search.stages.dpo_config import DPOStageConfig, QuantSection
+from search.stages.plots import plot_loss
 
 __all__ = [
     "SCORING_THREADS",
@@ -105,14 +109,16 @@ def _dtype(name: str):
 
 
 def load_tokenizer(cfg: DPOStageConfig, base: Path):
+    """The tokenizer of ``base`` with ``dpo.chat_template`` set (``model``: its own, which it must have)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(base))
-    if cfg.template == "chatml":
-        tok.chat_template = prefdata.CHATML_TEMPLATE
+    template = resolve_chat_template(cfg.chat_template, "dpo.chat_template")
+    if template is not None:
+        tok.chat_template = template
     elif not tok.chat_template:
-        raise UserError(f"dpo.template is 'model' but the tokenizer of {str(base)!r} has no chat template: "
-                        "set dpo.template to 'chatml'")
+        raise UserError(f"dpo.chat_template is 'model' but the tokenizer of {str(base)!r} has no chat template: "
+                        "set dpo.chat_template to 'chatml', a Jinja template or a .jinja file")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -241,6 +247,33 @@ def _step_bar():
     return StepBar()
 
 
+def trainable_token_indices(cfg: DPOStageConfig, model, tokenizer) -> list[int] | None:
+    """peft's ``trainable_token_indices`` for ``dpo.lora.trainable_tokens``: rows of the *input* embedding
+    trained besides LoRA; None: none. The output head's rows stay frozen: trl's DPO trainer scores through a
+    fused LM head that reads ``lm_head.weight`` directly, so an adapter there would be bypassed (for the same
+    reason a model with tied embeddings trains no extra rows)."""
+    spec = cfg.lora.trainable_tokens
+    if spec == "none":
+        return None
+    if spec == "template":
+        ids = template_tokens(tokenizer)
+    else:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in spec if t not in vocab]
+        if missing:
+            raise UserError(f"dpo.lora.trainable_tokens: {missing} are not tokens of the model's tokenizer: list "
+                            "tokens of its vocabulary, or use 'template' or 'none'")
+        ids = sorted({vocab[t] for t in spec})
+    if not ids:
+        return None
+    names = tokenizer.convert_ids_to_tokens(ids)
+    if getattr(model.config, "tie_word_embeddings", False):
+        _log(f"the rows of {names} stay frozen: the model ties its embeddings to the output head")
+        return None
+    _log(f"training the input-embedding rows of {names} (dpo.lora.trainable_tokens)")
+    return ids
+
+
 def train(cfg: DPOStageConfig, model, tokenizer, data: PrefData, rt: Runtime, out: DPOOutputs):
     """Run DPO; returns the trainer (its ``model`` is the PEFT model with the trained adapter)."""
     from datasets import Dataset
@@ -250,7 +283,8 @@ def train(cfg: DPOStageConfig, model, tokenizer, data: PrefData, rt: Runtime, ou
     if rt.quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
+                      trainable_token_indices=trainable_token_indices(cfg, model, tokenizer))
     try:
         trainer = DPOTrainer(model=model, args=_dpo_args(cfg, rt, out), train_dataset=Dataset.from_list(data.train),
                              processing_class=tokenizer, peft_config=lora)
@@ -281,23 +315,6 @@ def train_metrics(trainer, data: PrefData, cfg: DPOStageConfig) -> dict:
         "eval_loss": ev.get("eval_loss"),
         "n": min(len(data.train), cfg.data.train_eval_rows),
     }
-
-
-def plot_loss(history: list[dict], path: Path) -> None:
-    """Training loss per step as a PNG (like the seed's ``--plot_loss``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if points:
-        ax.plot(*zip(*points), marker="o", markersize=2)
-    ax.set(xlabel="step", ylabel="DPO loss", title="DPO training loss")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def save_outputs(cfg: DPOStageConfig, trainer, tokenizer, base: Path, rt: Runtime, out: DPOOutputs):

@@ -7,7 +7,9 @@ from typing import Literal
 
 import pydantic
 
+from objectives.errors import UserError
 from objectives.schema import Strict
+from objectives.templates import resolve_chat_template
 
 __all__ = ["DPOStageConfig", "DataSection", "LoraSection", "QuantSection", "TrainSection"]
 
@@ -31,6 +33,9 @@ class LoraSection(Strict):
     alpha: int = pydantic.Field(16, ge=1)
     dropout: float = pydantic.Field(0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    trainable_tokens: Literal["template", "none"] | tuple[str, ...] = pydantic.Field("template", description=(
+        "input-embedding rows trained besides LoRA (peft trainable_token_indices): `template` = the added tokens the "
+        "chat template writes (ChatML added by a fine-tune); `none`; or a list of tokens. lm_head stays frozen"))
 
 
 class QuantSection(Strict):
@@ -65,9 +70,21 @@ class DPOStageConfig(Strict):
 
     model: str | None = None  # base model dir when neither --model nor --recipe is given
     output_dir: str = "results/dpo"
-    template: Literal["chatml", "model"] = "chatml"  # chatml: the seed's chatml_de; model: the tokenizer's own
+    chat_template: str = pydantic.Field("chatml", description=(
+        "the template the pairs are rendered (and the model saved) in: `chatml` (built in, the seed's chatml_de), "
+        "`model` (the tokenizer's own, e.g. what a recipe's `chat_template` gave the merge), a Jinja template or a "
+        ".jinja file"))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataSection = DataSection()
     lora: LoraSection = LoraSection()
     quant: QuantSection = QuantSection()
     train: TrainSection = TrainSection()
+
+    @pydantic.field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        try:
+            resolve_chat_template(value, "dpo.chat_template")
+        except UserError as err:
+            raise ValueError(str(err).split(": ", 1)[1]) from None
+        return value

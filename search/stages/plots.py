@@ -5,6 +5,7 @@
   own history plot draws complete trials only, so a search that pruned most candidates looked empty.
 * :func:`parameter_figure`: one small panel per searched parameter (value vs objective), so every axis keeps
   its own readable label instead of the crowded shared axes of a parallel-coordinate plot.
+* :func:`plot_loss`: the DPO stage's training loss per step.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from pathlib import Path
 
 from search.rundir import TrialAttr
 
-__all__ = ["history_figure", "parameter_figure", "stopped_value"]
+__all__ = ["history_figure", "parameter_figure", "plot_loss", "stopped_value"]
 
 _STATE_STYLE = {TrialState.COMPLETE: ("o", "complete"), TrialState.PRUNED: ("x", "pruned")}
 
@@ -95,3 +97,20 @@ def parameter_figure(study: optuna.Study, title: str = "Searched parameters"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    """Training loss per step as a PNG (like the seed's ``--plot_loss``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    if points:
+        ax.plot(*zip(*points), marker="o", markersize=2)
+    ax.set(xlabel="step", ylabel="DPO loss", title="DPO training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
