@@ -1,0 +1,86 @@
+"""``merge-search run configs/seedlike.yaml``: the whole pipeline on sources that are not alike (added ChatML
+tokens, another template, no template, sharded bfloat16), with one worker so the search is repeatable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _config(world, tmp_path: Path) -> Path:
+    cfg = yaml.safe_load((REPO / "configs" / "seedlike.yaml").read_text())
+    cfg["world"] = {"path": str(world.root), "seed": world.seed, "kind": "seedlike"}
+    cfg["space"]["base_model"] = str(world.base)
+    for m in cfg["space"]["models"]:
+        m["model"] = str(world.experts[m["name"]])
+    cfg["objective"]["include_paths"] = [str(world.include_path)]
+    cfg["search"].update(n_trials=20, workers=1)
+    cfg["dpo"]["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"])}
+    cfg["dpo"]["train"]["max_steps"] = 8
+    cfg["mtbench"].update(questions=str(world.mtbench_questions), limit=4)
+    path = tmp_path / "seedlike.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(seedlike_world, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seedlike")
+    out = tmp / "run"
+    res = subprocess.run([str(BIN / "merge-search"), "run", str(_config(seedlike_world, tmp)), "--out", str(out)],
+                         capture_output=True, text=True, timeout=1200, cwd=REPO,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_winner_beats_every_source_on_the_test_split(run):
+    models = json.loads((run / "heldout.json").read_text())["models"]
+    best = json.loads((run / "best.json").read_text())["trial"]
+    winner = models[f"trial:{best}"]["test_avg"]
+    sources = {name: m["test_avg"] for name, m in models.items() if m["kind"] == "source"}
+    print(f"winner {winner:.3f}, sources {sources}")
+    assert len(sources) == 4 and all(winner > s for s in sources.values())
+    report = (run / "report.md").read_text()
+    assert "seed-recipe" in report and "above** every source model" in report
+
+
+def test_exported_recipe_carries_the_tokenizer_and_template_and_the_merge_speaks_chatml(run, seedlike_world):
+    recipe = yaml.safe_load((run / "best.yaml").read_text())
+    assert recipe["tokenizer"] == {"source": "union"} and recipe["chat_template"] == "chatml"
+    tok = AutoTokenizer.from_pretrained(run / "dpo" / "model")  # the merge + DPO, saved with its template
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hallo"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    zahlen = AutoTokenizer.from_pretrained(seedlike_world.experts["zahlen"])
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and "<|im_start|>" in zahlen.get_vocab()
+    adapter = json.loads((run / "dpo" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["trainable_token_indices"] == sorted(tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+
+
+MARKERS = {"base": "<|im_start|>user", "verben": "<|im_start|>user", "zahlen": "<|im_start|>user",
+           "artikel": "<|user|>", "merge": "<|im_start|>user", "merge_dpo": "<|im_start|>user"}
+
+
+@pytest.mark.parametrize("model", list(MARKERS))
+def test_each_model_answered_in_its_own_template_and_stopped_at_the_end_of_turn(run, model):
+    prompt = (run / "mtbench" / model / "rendered-prompt.txt").read_text()
+    assert MARKERS[model] in prompt
+    single = prompt.splitlines()[1]
+    # zahlen added ChatML as tokens (and the union merge kept them); base and verben get the configured ChatML
+    # fallback spelled in ordinary tokens; artikel keeps its own Zephyr-style template
+    assert ("'<|im_start|>'" in single) == (model in ("zahlen", "merge", "merge_dpo")), single
+    end = "</s>" if model == "artikel" else "<|im_end|>"
+    assert end in prompt.splitlines()[2]
+    answers = [json.loads(line) for line in (run / "mtbench" / model / "answers.jsonl").read_text().splitlines()]
+    turns = [t for a in answers for t in a["choices"][0]["turns"]]
+    assert len(turns) == 8 and not any(end in t for t in turns)
