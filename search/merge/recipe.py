@@ -119,6 +119,23 @@ def recipe_text(space: SpaceConfig, params: dict[str, Any]) -> str:
     return recipe_yaml(to_merge_config(space, params))
 
 
+def _same_output_setting(cfg, space: SpaceConfig) -> None:
+    """A hand recipe is compared with the search's trials: it must build the same tokenizer and template."""
+    from mergekit.config import MergeConfiguration
+
+    ours = MergeConfiguration.model_validate(recipe_dict(space, [{"model": space.base_model}], {}))
+    for key in ("tokenizer_source", "tokenizer", "chat_template"):
+        mine, theirs = (_setting(getattr(c, key)) for c in (cfg, ours))
+        if mine != theirs:
+            mine, theirs = ("not set" if v is None else repr(v) for v in (mine, theirs))
+            raise UserError(f"recipe {key} is {mine} but the space's is {theirs}: give the recipe the space's {key} "
+                            "(a hand recipe is compared with trials that build that tokenizer)")
+
+
+def _setting(value: Any) -> Any:
+    return value.model_dump(mode="json", exclude_none=True) if isinstance(value, pydantic.BaseModel) else value
+
+
 def _plain(v: Any) -> Any:
     """A mergekit parameter value as plain Python (lists, dicts with filter/value)."""
     if isinstance(v, pydantic.BaseModel):
@@ -165,6 +182,7 @@ def params_from_recipe(space: SpaceConfig, recipe) -> dict[str, Any]:
     if cfg.merge_method != space.merge_method:
         raise UserError(f"recipe merge_method {cfg.merge_method!r} differs from space.merge_method "
                         f"{space.merge_method!r}: change one of them")
+    _same_output_setting(cfg, space)
     inputs = {str(m.model): (m.parameters or {}) for m in (cfg.models or [])}
     shared_in = cfg.parameters or {}
     out: dict[str, Any] = {}

@@ -22,6 +22,8 @@ HUB = {
         {"model": "OpenPipe/mistral-ft-optimized-1227"},
     ],
     "parameters": {"int8_mask": True},
+    "tokenizer": {"source": "union"},  # as configs/german-7b.yaml
+    "chat_template": "chatml",
 }
 
 
@@ -142,5 +144,9 @@ def test_recipes_that_do_not_fit_the_space_are_rejected():
         params_from_recipe(space(models=[{"model": "other/model"}]), recipe)
     with pytest.raises(UserError, match="differs from space.merge_method 'ties'"):
         params_from_recipe(space(merge_method="ties"), recipe)
+    with pytest.raises(UserError, match="recipe tokenizer is {'source': 'union'} but the space's is not set"):
+        params_from_recipe(space(tokenizer=None), recipe)  # the hand recipe would build another tokenizer
+    with pytest.raises(UserError, match="recipe chat_template is 'chatml' but the space's is 'llama3'"):
+        params_from_recipe(space(chat_template="llama3"), recipe)
     with pytest.raises(UserError, match="missing from the sampled values"):
         to_merge_config(space(), {})
