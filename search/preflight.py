@@ -14,6 +14,7 @@ one :class:`~objectives.errors.UserError`.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import tempfile
@@ -34,6 +35,7 @@ __all__ = [
     "RESOURCE_KEYS",
     "config_diff",
     "device_problems",
+    "has_chat_template",
     "local_models",
     "output_problems",
     "owner_problems",
@@ -44,6 +46,7 @@ __all__ = [
     "storage_problems",
     "study_fingerprint",
     "study_owner_problems",
+    "template_problems",
 ]
 
 # Sections that only later stages read: changing them leaves the study valid (redo with --from STAGE).
@@ -323,4 +326,41 @@ def stage_input_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
             resolve_chat_template(cfg.mtbench.chat_template, "mtbench.chat_template")
         except UserError as err:
             problems.append(str(err))
+    return problems + template_problems(cfg, stages)
+
+
+def has_chat_template(model: str) -> bool | None:
+    """Whether a local model folder's tokenizer has a chat template (``chat_template.jinja``/``.json`` or a
+    ``chat_template`` in ``tokenizer_config.json``); None for a hub id or an unreadable folder."""
+    folder = Path(model).expanduser()
+    if not (is_local(model) and folder.is_dir()):
+        return None
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        return bool(json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def template_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
+    """Models the MT-Bench or DPO stage would meet without a chat template and without a setting for one. The
+    merge's template is ``space.chat_template``, else that of the model its tokenizer comes from."""
+    space = cfg.space
+    source = space.tokenizer.source if space.tokenizer else space.tokenizer_source
+    donor = source if source not in (None, "base", "union") else space.base_model
+    merge = True if space.chat_template else has_chat_template(donor)
+    problems = []
+    if "mtbench" in stages and cfg.mtbench.chat_template in (None, "model"):
+        asked = {"the merge": merge}
+        if cfg.pipeline.mtbench_sources:
+            asked |= {m: has_chat_template(m) for m in [space.base_model, *(m.model for m in space.models)]}
+        lacking = [name for name, has in asked.items() if has is False]
+        if lacking:
+            problems.append(f"mtbench.chat_template is not set but these models have no chat template: "
+                            f"{', '.join(lacking)}: set mtbench.chat_template (chatml, a Jinja template or a .jinja "
+                            "file; models with their own template keep it)")
+    if "dpo" in stages and cfg.dpo.chat_template == "model" and merge is False:
+        problems.append(f"dpo.chat_template is 'model' but the merge will have no chat template ({donor!r} has none "
+                        "and space.chat_template is not set): set space.chat_template, or dpo.chat_template to chatml")
     return problems

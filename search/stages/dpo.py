@@ -53,6 +53,8 @@ __all__ = [
     "run_dpo",
     "save_outputs",
     "train",
+    "trainable_token_ids",
+    "trainable_token_indices",
 ]
 
 
@@ -139,11 +141,16 @@ def load_model(base: Path, rt: Runtime, quant: QuantSection, *, full_precision: 
 
 
 def load_base(cfg: DPOStageConfig, base: Path, rt: Runtime):
-    """Model (quantized per ``rt``) and tokenizer (with the configured chat template) of ``base``."""
+    """Model (quantized per ``rt``) and tokenizer (with the configured chat template) of ``base``; the tokenizer
+    and the token rows to train are checked first, so a template or token problem is refused before the
+    weights load."""
     if not (base / "config.json").is_file():
         raise UserError(f"DPO base {str(base)!r} is not a Hugging Face model folder (no config.json): "
                         "pass --model DIR of a saved model, --recipe FILE.yaml, or set dpo.model")
-    return load_model(base, rt, cfg.quant), load_tokenizer(cfg, base)
+    tokenizer = load_tokenizer(cfg, base)
+    trainable_token_ids(cfg, tokenizer)
+    _log(f"base {base} on {rt.device} ({'QLoRA 4-bit' if rt.quantized else 'LoRA, unquantized'}, {rt.precision})")
+    return load_model(base, rt, cfg.quant), tokenizer
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:
@@ -247,23 +254,27 @@ def _step_bar():
     return StepBar()
 
 
+def trainable_token_ids(cfg: DPOStageConfig, tokenizer) -> list[int]:
+    """The token ids ``dpo.lora.trainable_tokens`` names for ``tokenizer`` (a token it lacks: UserError)."""
+    spec = cfg.lora.trainable_tokens
+    if spec == "none":
+        return []
+    if spec == "template":
+        return template_tokens(tokenizer)
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in spec if t not in vocab]
+    if missing:
+        raise UserError(f"dpo.lora.trainable_tokens: {missing} are not tokens of the model's tokenizer: list "
+                        "tokens of its vocabulary, or use 'template' or 'none'")
+    return sorted({vocab[t] for t in spec})
+
+
 def trainable_token_indices(cfg: DPOStageConfig, model, tokenizer) -> list[int] | None:
-    """peft's ``trainable_token_indices`` for ``dpo.lora.trainable_tokens``: rows of the *input* embedding
+    """peft's ``trainable_token_indices``: the rows of :func:`trainable_token_ids` in the *input* embedding,
     trained besides LoRA; None: none. The output head's rows stay frozen: trl's DPO trainer scores through a
     fused LM head that reads ``lm_head.weight`` directly, so an adapter there would be bypassed (for the same
     reason a model with tied embeddings trains no extra rows)."""
-    spec = cfg.lora.trainable_tokens
-    if spec == "none":
-        return None
-    if spec == "template":
-        ids = template_tokens(tokenizer)
-    else:
-        vocab = tokenizer.get_vocab()
-        missing = [t for t in spec if t not in vocab]
-        if missing:
-            raise UserError(f"dpo.lora.trainable_tokens: {missing} are not tokens of the model's tokenizer: list "
-                            "tokens of its vocabulary, or use 'template' or 'none'")
-        ids = sorted({vocab[t] for t in spec})
+    ids = trainable_token_ids(cfg, tokenizer)
     if not ids:
         return None
     names = tokenizer.convert_ids_to_tokens(ids)
@@ -354,7 +365,6 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     if files.metrics.exists():
         raise UserError(f"--out {str(files.root)!r} already holds a DPO run ({files.metrics.name}): give a new folder")
     rt = resolve_runtime(cfg)
-    _log(f"base {base} on {rt.device} ({'QLoRA 4-bit' if rt.quantized else 'LoRA, unquantized'}, {rt.precision})")
     model, tokenizer = load_base(cfg, base, rt)
     data = load_data(cfg, tokenizer)
     _log(f"{len(data.train)} train pairs, {len(data.heldout)} held-out pairs")

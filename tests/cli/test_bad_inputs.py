@@ -8,123 +8,27 @@ worker or a model load: bad input is refused by the checks that run before anyth
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pytest
-import yaml
-
-from search.cli import main
-from search.config import load_run_config, save_run_config
-from search.preflight import study_fingerprint
-from search.rundir import RunDir, RunManifest, TrialAttr
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Scene:
-    root: Path
-    world: object
-    config: Path  # a valid run config
-    run: Path  # a run folder made by ``config``: resolved.yaml, run.json, study.db (COMPLETE + FAIL trial)
-    export: Path  # an exported trial (best.yaml + best.json)
-    data: dict
-
-    def write(self, name: str, data: dict | str) -> Path:
-        path = self.root / name
-        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
-        return path
-
-    def config_with(self, name: str, **changes) -> Path:
-        data = json.loads(json.dumps(self.data))
-        for dotted, value in changes.items():
-            *parents, last = dotted.split("__")
-            node = data
-            for p in parents:
-                node = node[int(p)] if isinstance(node, list) else node[p]
-            if value is _DROP:
-                node.pop(last)
-            else:
-                node[last] = value
-        return self.write(name, data)
-
-
-_DROP = object()
-
-
-def _config_data(world) -> dict:
-    data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
-    root = Path(world.root)
-    data["world"] = {"path": str(root), "seed": 0}
-    data["space"]["base_model"] = str(world.base)
-    data["space"]["models"] = [{"model": str(p), "name": n} for n, p in world.experts.items()]
-    data["objective"]["include_paths"] = [str(root / "tasks")]
-    for t in data["objective"]["tasks"]:
-        t["subset"] = 20
-    data["objective"]["stages"] = ["all"]
-    data["dpo"]["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"])}
-    data["mtbench"]["questions"] = str(root / "mtbench" / "question.jsonl")
-    return data
-
-
-def _recipe(world) -> dict:
-    return {"merge_method": "dare_ties", "base_model": str(world.base), "dtype": "float32",
-            "models": [{"model": str(world.base)}] + [{"model": str(p), "parameters": {"density": 0.6, "weight": 0.3}}
-                                                       for p in world.experts.values()]}
+from bad_scene import Scene, assert_refused, copy_model, make_scene, recipe  # tests/cli/bad_scene.py
 
 
 @pytest.fixture(scope="module")
 def scene(world, tmp_path_factory) -> Scene:
-    root = tmp_path_factory.mktemp("bad")
-    data = _config_data(world)
-    config = root / "good.yaml"
-    config.write_text(yaml.safe_dump(data), encoding="utf-8")
-    cfg = load_run_config(config)
-    run = RunDir(root / "run")
-    save_run_config(cfg, run.resolved_config)
-    study = optuna.create_study(storage=run.default_storage_url(), study_name=cfg.name, direction="maximize")
-    study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg))  # as the search stage records it
-    run.write_manifest(RunManifest(storage=None, study_name=cfg.name))
-    recipe = yaml.safe_dump(_recipe(world))
-    attrs = {"recipe": recipe, "seed": 1, "weights_sha256": "0" * 64, "merge_device": "cpu", "merge_threads": 1}
-    study.add_trial(optuna.trial.create_trial(value=0.5, user_attrs=attrs))
-    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
-                                              user_attrs={"recipe": recipe, "seed": 2}))
-    export = root / "exported" / "best.yaml"
-    assert main(["export", str(run.root), "--out", str(export)]) == 0
-    return Scene(root, world, config, run.root, export, data)
-
-
-def _digest(paths: list[Path]) -> dict[str, str]:
-    out = {}
-    for top in paths:
-        for p in sorted(Path(top).rglob("*")) if Path(top).is_dir() else [Path(top)]:
-            if p.is_file():
-                out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def _copy_model(scene: Scene, name: str) -> Path:
-    dst = scene.root / name
-    if not dst.exists():
-        shutil.copytree(scene.world.experts["zahlen"], dst)
-    return dst
+    return make_scene(world, tmp_path_factory.mktemp("bad"))
 
 
 def _truncated(scene: Scene) -> Path:
-    model = _copy_model(scene, "truncated")
+    model = copy_model(scene, "truncated")
     f = model / "model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
     return model
 
 
 def _bin_only(scene: Scene) -> Path:
-    model = _copy_model(scene, "binonly")
+    model = copy_model(scene, "binonly")
     (model / "model.safetensors").unlink(missing_ok=True)
     (model / "pytorch_model.bin").write_bytes(b"not really")
     return model
@@ -236,11 +140,11 @@ CASES = [
     ("merge-into-foreign-folder", lambda s: ["merge", str(s.export), "--out", str(s.root / "exported")], "not empty"),
     ("recipe-typo-param", lambda s: ["merge", str(s.write("r1.yaml", _recipe_with(s, "desnity"))), "--out",
                                      str(s.root / "m1")], "did you mean 'density'"),
-    ("recipe-typo-key", lambda s: ["merge", str(s.write("r2.yaml", {**_recipe(s.world), "merge_metod": "x"})), "--out",
+    ("recipe-typo-key", lambda s: ["merge", str(s.write("r2.yaml", {**recipe(s.world), "merge_metod": "x"})), "--out",
                                    str(s.root / "m2")], "merge_metod: unknown key"),
     ("recipe-nan", lambda s: ["merge", str(s.write("r3.yaml", _recipe_with(s, "weight", float("nan")))), "--out",
                               str(s.root / "m3")], "not a finite number"),
-    ("recipe-unknown-method", lambda s: ["merge", str(s.write("r4.yaml", {**_recipe(s.world), "merge_method": "tiez"})),
+    ("recipe-unknown-method", lambda s: ["merge", str(s.write("r4.yaml", {**recipe(s.world), "merge_method": "tiez"})),
                                          "--out", str(s.root / "m4")], "unknown merge method 'tiez'"),
     ("recipe-not-mapping", lambda s: ["merge", str(s.write("r5.yaml", "- a\n- b\n")), "--out", str(s.root / "m5")],
      "is a YAML mapping"),
@@ -330,7 +234,7 @@ def _questions_as_answers(scene: Scene) -> Path:
 
 
 def _recipe_with(scene: Scene, key: str, value=0.5) -> dict:
-    data = _recipe(scene.world)
+    data = recipe(scene.world)
     data["models"][1]["parameters"][key] = value
     return data
 
@@ -339,21 +243,7 @@ def _recipe_with(scene: Scene, key: str, value=0.5) -> dict:
 def test_bad_input_is_one_line_and_changes_nothing(scene, case, capsys, monkeypatch):
     name, argv, expected = case
     monkeypatch.chdir(scene.root)
-    args = argv(scene)
-    guarded = [scene.run, scene.export.parent, scene.world.base, *scene.world.experts.values()]
-    before = _digest(guarded)
-    capsys.readouterr()
-    try:
-        code = main(args)
-    except SystemExit as exit_:  # argparse's own refusals
-        code = exit_.code
-    assert code == 2
-    err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and expected in lines[0], lines[0]
-    assert _digest(guarded) == before
-    assert not (scene.root / "never").exists()  # nothing was created for a refused command
+    assert_refused(scene, argv(scene), expected, capsys)
 
 
 def test_the_table_is_large_enough():
