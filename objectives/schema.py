@@ -4,15 +4,18 @@ Lives in ``objectives`` (the bottom layer) so that both ``objectives`` and ``sea
 
 from __future__ import annotations
 
+
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import pydantic
+import pydantic_core
 import yaml
 
 from objectives.errors import UserError
 
-__all__ = ["ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "parse_yaml", "validate"]
+__all__ = ["NO_DEFAULT", "ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "parse_yaml",
+           "schema_default", "validate"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
 
@@ -115,3 +118,23 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as err:
         raise UserError(f"{p}: cannot be read ({err.strerror}): check its permissions") from None
     return parse_yaml(text, str(p))
+
+
+NO_DEFAULT = object()  # what :func:`schema_default` returns for a required or unknown key
+
+
+def schema_default(model: type[pydantic.BaseModel], dotted: str) -> Any:
+    """The default of the key ``dotted`` (``"world.kind"``) of ``model`` as plain JSON data, walking nested
+    models (also inside ``X | None``); :data:`NO_DEFAULT` when the key is required or not in the schema."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        inner = [a for a in get_args(field.annotation) or (field.annotation,)
+                 if isinstance(a, type) and issubclass(a, pydantic.BaseModel)] if field is not None else []
+        if not inner:
+            return NO_DEFAULT
+        model = inner[0]
+    field = model.model_fields.get(last)
+    if field is None or field.is_required():
+        return NO_DEFAULT
+    return pydantic_core.to_jsonable_python(field.get_default(call_default_factory=True))

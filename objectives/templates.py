@@ -61,12 +61,16 @@ def end_of_turn(tokenizer) -> str | None:
 
 
 def template_tokens(tokenizer) -> list[int]:
-    """Ids of the tokenizer's *added* tokens (``added_tokens_decoder``) that its chat template writes around a
-    system, user and assistant turn (``<|im_start|>``, ``<|im_end|>`` for ChatML added by a fine-tune), sorted;
-    empty when there is no template or the template writes none (its markers then tokenize as plain text)."""
+    """Ids of the tokens *added* to the tokenizer's vocabulary (in ``added_tokens_decoder`` but not in the
+    tokenizer model's own vocabulary: ChatML's ``<|im_start|>``/``<|im_end|>`` added by a fine-tune, not the
+    base's ``<s>``/``</s>``) that its chat template writes around a system, user and assistant turn, sorted;
+    empty when there is no template or it writes none (its markers are then ordinary tokens)."""
     if not tokenizer.chat_template:
         return []
-    added = {tok.content: i for i, tok in tokenizer.added_tokens_decoder.items()}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    core = set(backend.get_vocab(with_added_tokens=False)) if backend is not None else {
+        tokenizer.bos_token, tokenizer.unk_token}
+    added = {tok.content for tok in tokenizer.added_tokens_decoder.values()} - core
     conv = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
             {"role": "assistant", "content": "a"}]
     try:

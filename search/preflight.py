@@ -14,7 +14,6 @@ one :class:`~objectives.errors.UserError`.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tempfile
@@ -25,9 +24,10 @@ import yaml
 
 from objectives.errors import UserError, first_line
 from objectives.objective import Objective
+from objectives.schema import schema_default
 from objectives.templates import resolve_chat_template
 from search.config import RunConfig
-from search.merge.sources import is_local, source_problems
+from search.merge.sources import has_chat_template, is_local, source_problems
 from search.rundir import STAGES, RunDir, TrialAttr
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "RESOURCE_KEYS",
     "config_diff",
     "device_problems",
-    "has_chat_template",
     "local_models",
     "output_problems",
     "owner_problems",
@@ -197,12 +196,21 @@ def local_models(models: list[str]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ run folders
 
 
+_ABSENT = object()
+
+
 def config_diff(old, new, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two plain config trees."""
+    """Dotted keys whose values differ between two plain run-config trees. A key the stored (``old``) tree
+    lacks is no difference when the new one holds its schema default: a key added to the schema later does
+    not make an older run folder or study another config's."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [k for key in sorted(set(old) | set(new), key=str)
-                for k in config_diff(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [prefix.rstrip(".")]
+                for k in config_diff(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}{key}.")]
+    key = prefix.rstrip(".")
+    if old is _ABSENT and new == schema_default(RunConfig, key):
+        return []
+    old, new = (None if v is _ABSENT else v for v in (old, new))
+    return [] if old == new else [key]
 
 
 def _as_read_back(cfg: RunConfig) -> dict:
@@ -272,7 +280,7 @@ def run_problems(cfg: RunConfig, run: RunDir, *, address: str | None = None, red
     problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
     if models:
         problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
-                                    vocab_ok=cfg.space.merges_vocabularies)
+                                    vocabulary=cfg.space.vocabulary_source)
     if tasks:
         try:
             Objective(cfg.objective)
@@ -329,32 +337,21 @@ def stage_input_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
     return problems + template_problems(cfg, stages)
 
 
-def has_chat_template(model: str) -> bool | None:
-    """Whether a local model folder's tokenizer has a chat template (``chat_template.jinja``/``.json`` or a
-    ``chat_template`` in ``tokenizer_config.json``); None for a hub id or an unreadable folder."""
-    folder = Path(model).expanduser()
-    if not (is_local(model) and folder.is_dir()):
-        return None
-    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
-        return True
-    try:
-        return bool(json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"))
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def template_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
     """Models the MT-Bench or DPO stage would meet without a chat template and without a setting for one. The
     merge's template is ``space.chat_template``, else that of the model its tokenizer comes from."""
     space = cfg.space
-    source = space.tokenizer.source if space.tokenizer else space.tokenizer_source
+    source = space.vocabulary_source
     donor = source if source not in (None, "base", "union") else space.base_model
-    merge = True if space.chat_template else has_chat_template(donor)
+    merge = True if space.chat_template not in (None, "auto") else has_chat_template(donor)
+    if space.chat_template == "auto":  # mergekit picks the sources' most common template: any will do
+        found = [has_chat_template(m) for m in space.model_paths()]
+        merge = True if any(found) else None if None in found else False
     problems = []
     if "mtbench" in stages and cfg.mtbench.chat_template in (None, "model"):
         asked = {"the merge": merge}
         if cfg.pipeline.mtbench_sources:
-            asked |= {m: has_chat_template(m) for m in [space.base_model, *(m.model for m in space.models)]}
+            asked |= {m: has_chat_template(m) for m in space.model_paths()}
         lacking = [name for name, has in asked.items() if has is False]
         if lacking:
             problems.append(f"mtbench.chat_template is not set but these models have no chat template: "

@@ -44,6 +44,18 @@ def test_owner_problems_by_section(tmp_path):
     assert owner_problems(cfg(seed=3), RunDir(tmp_path / "new")) == []  # a new folder has no owner yet
 
 
+def test_a_key_added_to_the_schema_later_keeps_older_run_folders_their_configs_own(tmp_path):
+    run = RunDir(tmp_path)
+    old = cfg(world={"path": "w"})
+    save_run_config(old, run.resolved_config)
+    stored = yaml.safe_load(run.resolved_config.read_text())
+    del stored["world"]["kind"], stored["dpo"]["lora"]["trainable_tokens"]  # as a folder of an older version
+    run.resolved_config.write_text(yaml.safe_dump(stored))
+    assert owner_problems(old, run) == []  # the new keys hold their defaults: nothing differs
+    [problem] = owner_problems(cfg(world={"path": "w", "kind": "seedlike"}), run)
+    assert "world.kind differ" in problem
+
+
 def test_storage_problems(tmp_path):
     assert storage_problems(f"sqlite:///{tmp_path}/study.db") == []
     assert "is not a URL" in storage_problems("study.db")[0]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -63,8 +63,12 @@ def test_exported_recipe_carries_the_tokenizer_and_template_and_the_merge_speaks
     ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
     zahlen = AutoTokenizer.from_pretrained(seedlike_world.experts["zahlen"])
     assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") and "<|im_start|>" in zahlen.get_vocab()
+    rows = sorted(tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
     adapter = json.loads((run / "dpo" / "adapter" / "adapter_config.json").read_text())
-    assert adapter["trainable_token_indices"] == sorted(tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
+    assert adapter["trainable_token_indices"] == rows  # the added ChatML tokens: only one source trained them
+    before = AutoModelForCausalLM.from_pretrained(run / "dpo" / "base").get_input_embeddings().weight
+    after = AutoModelForCausalLM.from_pretrained(run / "dpo" / "model").get_input_embeddings().weight
+    assert (before != after).any(dim=1).nonzero().flatten().tolist() == rows
 
 
 MARKERS = {"base": "<|im_start|>user", "verben": "<|im_start|>user", "zahlen": "<|im_start|>user",
@@ -72,7 +76,7 @@ MARKERS = {"base": "<|im_start|>user", "verben": "<|im_start|>user", "zahlen": "
 
 
 @pytest.mark.parametrize("model", list(MARKERS))
-def test_each_model_answered_in_its_own_template_and_stopped_at_the_end_of_turn(run, model):
+def test_each_model_answered_in_its_own_template_with_its_end_of_turn(run, model):
     prompt = (run / "mtbench" / model / "rendered-prompt.txt").read_text()
     assert MARKERS[model] in prompt
     single = prompt.splitlines()[1]
@@ -82,5 +86,5 @@ def test_each_model_answered_in_its_own_template_and_stopped_at_the_end_of_turn(
     end = "</s>" if model == "artikel" else "<|im_end|>"
     assert end in prompt.splitlines()[2]
     answers = [json.loads(line) for line in (run / "mtbench" / model / "answers.jsonl").read_text().splitlines()]
-    turns = [t for a in answers for t in a["choices"][0]["turns"]]
-    assert len(turns) == 8 and not any(end in t for t in turns)
+    assert len([t for a in answers for t in a["choices"][0]["turns"]]) == 8
+    # that generation really stops there is tests/objectives/mtbench/test_end_of_turn.py

@@ -69,7 +69,8 @@ class LocalChatModel:
         self.stop_strings = [self.end_of_turn] if self.end_of_turn else []
         self.pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.eos[0]
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        self.fingerprint = fingerprint
+        # where a turn stops is part of what an answer is: a change of stops does not reuse kept answers
+        self.fingerprint = json.dumps([fingerprint, self.eos, self.stop_strings]) if fingerprint else None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> LocalChatModel:

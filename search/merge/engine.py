@@ -82,9 +82,9 @@ class ResidentMerger:
         self.options = mk.merge_options(device, trust_remote_code)
         self.base_model = str(base_model)
         self.models = list(dict.fromkeys([self.base_model, *map(str, models)]))
+        vocabulary = tokenizer.get("source", "union") if tokenizer else tokenizer_source  # mergekit's default: union
         problems = source_problems(self.base_model, self.models[1:], device=device,
-                                   trust_remote_code=trust_remote_code,
-                                   vocab_ok=bool(tokenizer_source or tokenizer))
+                                   trust_remote_code=trust_remote_code, vocabulary=vocabulary)
         if problems:
             raise UserError("; ".join(problems))
         self._refs = {m: mk.model_ref(m) for m in self.models}
@@ -139,7 +139,8 @@ class ResidentMerger:
         want = mk.dtype_of(config.out_dtype or config.dtype)
         self._output = None  # frees the previous resident model first
         self._output = _Output(key=key, tokenizer=tokenizer, known=dict([vocab]) if vocab else {},
-                               model=_resident_model(self.base_model, out_config, want, self.device))
+                               model=_resident_model(self.base_model, out_config, want, self.device,
+                                                      self.options.trust_remote_code))
 
     def _architecture(self, config) -> Any:
         """mergekit's architecture info for the recipe's models (they are fixed: looked up once per set)."""
@@ -244,18 +245,19 @@ def _probe_recipe(base: str, models: list[str], dtype, tokenizer_source, tokeniz
     return mk.load_recipe({**data, **{k: v for k, v in extra.items() if v is not None}})
 
 
-def _resident_model(base: str, out_config, dtype, device: str) -> Any:
+def _resident_model(base: str, out_config, dtype, device: str, trust_remote_code: bool) -> Any:
     """The base model's weights in the output's shape (rows or layers the base lacks start random: every
     tensor is overwritten by the first merge)."""
     import transformers
 
-    base_config = transformers.AutoConfig.from_pretrained(base)
+    base_config = transformers.AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
     reshaped = base_config.to_diff_dict() != out_config.to_diff_dict()
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the reshaped tensors' "MISMATCH" load report is expected
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(
-            base, config=out_config, dtype=dtype or "auto", ignore_mismatched_sizes=reshaped)
+            base, config=out_config, dtype=dtype or "auto", ignore_mismatched_sizes=reshaped,
+            trust_remote_code=trust_remote_code)
     finally:
         transformers.logging.set_verbosity(verbosity)
     return model.to(device).eval().requires_grad_(False)

@@ -56,6 +56,9 @@ def load_recipe(recipe) -> Any:
         config = MergeConfiguration.model_validate(recipe)
     except pydantic.ValidationError as err:
         raise UserError(format_validation_error(err, source)) from None
+    except RuntimeError as err:  # mergekit's own validators raise these: "Cannot specify both ...", ...
+        raise UserError(f"{source}: mergekit refuses the recipe: {err}: fix the recipe (e.g. give only one of "
+                        "tokenizer_source and tokenizer; either models or slices)") from None
     problems = recipe_problems(recipe)
     if problems:
         raise UserError(f"{source}: {len(problems)} recipe error(s): " + "; ".join(problems))
@@ -347,8 +350,10 @@ def recipe_problems(data: dict) -> list[str]:
     _non_finite(data, "", out)
     if isinstance(data.get("chat_template"), str):
         out += chat_template_problems(data["chat_template"], "chat_template")
-    tokenizer = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else {}
-    if not data.get("base_model") and "union" in (data.get("tokenizer_source"), tokenizer.get("source")):
+    tokenizer = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else None
+    union = data.get("tokenizer_source") == "union" or (tokenizer is not None and tokenizer.get("source", "union")
+                                                          == "union")  # mergekit's default source is union
+    if not data.get("base_model") and union:
         out.append("base_model: a `union` tokenizer without base_model takes its special tokens and template from "
                    "whichever source mergekit lists first (a set: it differs from run to run): set base_model")
     return out

@@ -7,11 +7,12 @@ problems, and the pre-flight checks (:mod:`search.preflight`) report them before
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from search.merge import mergekit_compat as mk
 
-__all__ = ["is_local", "model_folder_problems", "source_problems"]
+__all__ = ["has_chat_template", "is_local", "model_folder_problems", "source_problems"]
 
 _CONVERT = ("convert it once with transformers: AutoModelForCausalLM.from_pretrained(DIR)"
             ".save_pretrained(NEW_DIR, safe_serialization=True), and name NEW_DIR instead")
@@ -48,11 +49,13 @@ def model_folder_problems(path: str | Path, what: str = "model") -> list[str]:
 
 
 def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
-                    trust_remote_code: bool = False, vocab_ok: bool = False) -> list[str]:
+                    trust_remote_code: bool = False, vocabulary: str | None = None) -> list[str]:
     """Every problem of a set of merge sources (base first): folders and weights that cannot be read, another
     architecture, or tensor shapes that differ from the base. Empty when they can be merged as they are.
-    ``vocab_ok``: the recipe has a tokenizer setting, so vocabularies of different sizes are merged (mergekit
-    aligns the embedding rows token by token); without one they are a problem naming that setting.
+    ``vocabulary``: the recipe's tokenizer source (``base``, ``union``, a model; None: no setting). With one,
+    vocabularies of different sizes are merged (mergekit aligns the embedding rows token by token); without
+    one they are a problem naming that setting. With ``union``, sources that add *different* tokens are a
+    problem too (:func:`_union_problems`).
     The sources stay open in mergekit's loader cache for ``device`` (where a merger then reads them)."""
     options = mk.merge_options(device, trust_remote_code)
     problems, refs = [], {}
@@ -72,8 +75,36 @@ def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
                          "folder, or a hub id that is downloaded/cached"]
         problems += found
     if base_model in refs:
-        problems += _compatibility(base_model, refs, trust_remote_code, vocab_ok)
+        problems += _compatibility(base_model, refs, trust_remote_code, vocabulary is not None)
+    if vocabulary == "union" and base_model in refs and not problems:
+        problems += _union_problems(base_model, refs, trust_remote_code)
     return problems
+
+
+def _union_problems(base_model: str, refs: dict, trust_remote_code: bool) -> list[str]:
+    """mergekit numbers the tokens a ``union`` adds in the order of a Python set of the sources, which changes
+    from process to process: the result is the same only when every source that adds tokens adds the same."""
+    from transformers import AutoTokenizer
+
+    try:
+        toks = {m: AutoTokenizer.from_pretrained(ref.model.path, revision=ref.model.revision,
+                                                 trust_remote_code=trust_remote_code) for m, ref in refs.items()}
+    except Exception:  # noqa: BLE001 -- a source without a tokenizer: mergekit's build names it
+        return []
+    base = set(toks[base_model].get_vocab())
+    added: dict[str, tuple] = {}
+    for m, tok in toks.items():
+        rows = getattr(refs[m].config(trust_remote_code=trust_remote_code), "vocab_size", None) or len(tok)
+        new = tuple(sorted((i, t, str(tok.added_tokens_decoder.get(i, ""))) for t, i in tok.get_vocab().items()
+                           if t not in base and i < rows))
+        if new:
+            added[m] = new
+    if len(set(added.values())) < 2:
+        return []
+    listing = "; ".join(f"{m!r} adds {[t for _, t, _ in new][:4]}" for m, new in added.items())
+    return [f"tokenizer source 'union': the sources add different tokens ({listing}); mergekit numbers them in an "
+            "order that changes from run to run (stock mergekit-yaml too), so no recipe would rebuild what was "
+            "scored: use `tokenizer: {source: MODEL}` with a source whose tokenizer has all of them, or `base`"]
 
 
 def _compatibility(base_model: str, refs: dict, trust_remote_code: bool, vocab_ok: bool) -> list[str]:
@@ -116,3 +147,31 @@ def _vocab_only(diff: list[str], shapes: dict, base_shapes: dict) -> tuple[int, 
             return None
         rows.add((a[0], b[0]))
     return rows.pop() if len(rows) == 1 else None
+
+
+def has_chat_template(model: str) -> bool | None:
+    """Whether a model's tokenizer has a chat template (``chat_template.jinja``/``.json`` or a ``chat_template``
+    in ``tokenizer_config.json``) in its local folder or, for a hub id, in the Hugging Face cache; None when
+    that cannot be read (not downloaded, unreadable)."""
+    files = {name: _model_file(model, name) for name in ("chat_template.jinja", "chat_template.json",
+                                                         "tokenizer_config.json")}
+    if files["chat_template.jinja"] or files["chat_template.json"]:
+        return True
+    try:
+        return bool(json.loads(files["tokenizer_config.json"].read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _model_file(model: str, name: str) -> Path | None:
+    """``name`` of a local model folder, or of a hub id from the Hugging Face cache (never downloaded)."""
+    if is_local(model):
+        path = Path(model).expanduser() / name
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model, name)
+    except Exception:  # noqa: BLE001 -- not a valid repo id: the source checks name it
+        return None
+    return Path(found) if isinstance(found, str) else None

@@ -184,9 +184,9 @@ class SpaceConfig(Strict):
         return self.tokenizer.model_dump(exclude_none=True) if self.tokenizer else None
 
     @property
-    def merges_vocabularies(self) -> bool:
-        """Whether the space says how differing vocabularies merge (``tokenizer_source`` or ``tokenizer``)."""
-        return bool(self.tokenizer_source or self.tokenizer)
+    def vocabulary_source(self) -> str | None:
+        """How differing vocabularies merge: ``tokenizer.source`` or ``tokenizer_source`` (None: not set)."""
+        return self.tokenizer.source if self.tokenizer else self.tokenizer_source
 
     @cached_property
     def slots(self) -> list[ParamSlot]:

@@ -218,7 +218,7 @@ def evaluate_models(cfg: RunConfig, out: str | Path, *, recipes: list[str] | Non
     problems = output_problems(folder.root, what="--out", inputs=local_models(cfg.space.model_paths()), own=own)
     problems += owner_problems(cfg, folder, redo="heldout")
     problems += source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
-                                vocab_ok=cfg.space.merges_vocabularies)
+                                vocabulary=cfg.space.vocabulary_source)
     raise_problems(problems, "evaluate")
     trials = top_trials(run, top_k) if run else []
     matrix = RunDir(Path(run)).item_matrix if run and Path(run).is_dir() else None  # the search's item order

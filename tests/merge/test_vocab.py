@@ -1,7 +1,7 @@
 """Merges across vocabularies (the seed-like world): in memory exactly what stock ``mergekit-yaml`` writes.
 
 The seed-like world's sources differ as the seed's do: the base has no chat template and no ChatML tokens,
-``zahlen`` added ``<|im_start|>``/``<|im_end|>`` (vocabulary padded to a multiple of 8), ``artikel`` has
+``zahlen`` added ``<|im_start|>``/``<|im_end|>`` (rows padded to a multiple of 64), ``artikel`` has
 another template, ``verben`` is sharded bfloat16. For each tokenizer setting the in-memory merge and the real
 ``mergekit-yaml`` executable must give equal weight hashes and equivalent tokenizers.
 """
@@ -109,6 +109,21 @@ def test_vocabulary_mismatch_without_a_tokenizer_setting_names_the_fix(seedlike_
         ResidentMerger(str(seedlike_world.base), [str(seedlike_world.experts["zahlen"])])
     assert "zahlen" in str(err.value)
     ResidentMerger(str(seedlike_world.base), [str(seedlike_world.experts["zahlen"])], tokenizer={"source": "base"})
+
+
+def test_union_of_sources_that_add_different_tokens_is_refused(seedlike_world, tmp_path):
+    """mergekit numbers a union's added tokens in the order of a Python set of the sources: with two sources
+    adding different tokens no recipe would rebuild what was scored, so it is refused before any merge."""
+    tok = transformers.AutoTokenizer.from_pretrained(seedlike_world.experts["artikel"])
+    tok.add_special_tokens({"additional_special_tokens": ["<|user|>", "<|assistant|>"]})
+    model = transformers.AutoModelForCausalLM.from_pretrained(seedlike_world.experts["artikel"])
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(tmp_path / "zephyr-tokens")
+    tok.save_pretrained(tmp_path / "zephyr-tokens")
+    models = [str(seedlike_world.experts["zahlen"]), str(tmp_path / "zephyr-tokens")]
+    with pytest.raises(UserError, match=r"the sources add different tokens .*'<\|user\|>'.*source: MODEL"):
+        ResidentMerger(str(seedlike_world.base), models, tokenizer={"source": "union"})
+    ResidentMerger(str(seedlike_world.base), models, tokenizer={"source": str(seedlike_world.experts["zahlen"])})
 
 
 def test_bf16_sources_keep_the_dtype_the_method_produces(seedlike_world, tmp_path):

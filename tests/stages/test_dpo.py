@@ -52,19 +52,13 @@ def test_lora_weights_change(run, world):
     assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
     lora_b = [t for k, t in adapter.items() if "lora_B" in k]
     assert lora_b and all(t.abs().max() > 0 for t in lora_b)  # lora_B starts at zero: only gradients move it
-    # ChatML's tokens are added tokens of the demo tokenizer: their input rows train too (lm_head stays)
-    tok = AutoTokenizer.from_pretrained(world.base)
-    rows = sorted(tok.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"]))
-    assert cfg["trainable_token_indices"] == rows
+    # the demo tokenizer's ChatML tokens belong to its own vocabulary (trained from the start): no extra rows
+    assert cfg["trainable_token_indices"] is None
     base = load_file(world.base / "model.safetensors")
     merged = load_file(run / "model" / "model.safetensors")
     for name in base:
         changed = not torch.equal(base[name], merged[name])
-        if name.endswith("embed_tokens.weight"):
-            moved = (base[name] != merged[name]).any(dim=1).nonzero().flatten().tolist()
-            assert moved == rows, name  # exactly the template's rows, every one of them
-        else:
-            assert changed == (".q_proj." in name or ".v_proj." in name), name
+        assert changed == (".q_proj." in name or ".v_proj." in name), name
 
 
 def test_merged_model_loads_scores_as_trained_and_chats(run, world):
