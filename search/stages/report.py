@@ -92,18 +92,38 @@ def _heldout_section(heldout: HeldoutReport, plots: Path) -> list[str]:
     for name, m in rows:
         lines.append(f"| {name} | {m.kind} | {m.search_avg:.3f} | {m.test_avg:.3f} |")
     fig, ax = plt.subplots()
-    colors = {"trial": "tab:blue", "source": "tab:gray", "recipe": "tab:orange"}
-    for name, m in models.items():
-        ax.scatter(m.search_avg, m.test_avg, color=colors.get(m.kind, "k"))
-        ax.annotate(name, (m.search_avg, m.test_avg), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    colors = {"source": "tab:gray", "recipe": "tab:orange", "trial": "tab:blue"}
+    for kind, color in colors.items():
+        points = [(m.search_avg, m.test_avg) for m in models.values() if m.kind == kind]
+        if points:
+            ax.scatter(*zip(*points), color=color, label={"recipe": "hand recipes"}.get(kind, kind + "s"))
+    ax.legend(fontsize=8, loc="upper left")
     lo = min(min(m.search_avg, m.test_avg) for m in models.values()) - 0.02
     hi = max(max(m.search_avg, m.test_avg) for m in models.values()) + 0.02
     ax.plot([lo, hi], [lo, hi], ls=":", color="gray")
+    ax.set(xlim=(lo, hi), ylim=(lo, hi))  # fixed before the labels are placed in pixels
+    _label_points(ax, {name: (m.search_avg, m.test_avg) for name, m in models.items()})
     ax.set_xlabel("search split (weighted average)")
     ax.set_ylabel("test split (weighted average)")
-    ax.set_title("Search vs held-out score (grey: sources, orange: hand recipes, blue: trials)")
+    ax.set_title("Search vs held-out score")
     lines += ["", f"![search vs test](plots/{_save(fig, plots / 'search_vs_test.png')})", ""]
     return lines
+
+
+def _label_points(ax, points: dict[str, tuple[float, float]], size: int = 7) -> None:
+    """Name every point, each label at the first of four spots (right above, right below, left above, left
+    below) that overlaps no label placed before it (estimated boxes in pixels), top points first."""
+    to_px, em = ax.transData.transform, size * ax.figure.dpi / 72  # a font size in points, in pixels
+    placed: list[tuple[float, float, float, float]] = []
+    for name, xy in sorted(points.items(), key=lambda kv: -kv[1][1]):
+        x, y = to_px(xy)
+        w, h = 0.62 * em * len(name), 1.3 * em
+        spots = [(4, 3), (4, -3 - h), (-4 - w, 3), (-4 - w, -3 - h)]
+        dx, dy = next(((dx, dy) for dx, dy in spots if not any(
+            x + dx < bx + bw and bx < x + dx + w and y + dy < by + bh and by < y + dy + h
+            for bx, by, bw, bh in placed)), spots[0])
+        placed.append((x + dx, y + dy, w, h))
+        ax.annotate(name, xy, fontsize=size, textcoords="offset pixels", xytext=(dx, dy))
 
 
 def _dpo_section(run: RunDir, plots: Path) -> list[str]:
