@@ -80,6 +80,14 @@ class DPOStageConfig(Strict):
     quant: QuantSection = QuantSection()
     train: TrainSection = TrainSection()
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "template" in data:
+            raise ValueError("`template` is now `chat_template` (same values: chatml, model; also Jinja or a "
+                             ".jinja file): rename the key")
+        return data
+
     @pydantic.field_validator("chat_template")
     @classmethod
     def _known_template(cls, value: str) -> str:
