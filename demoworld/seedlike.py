@@ -135,60 +135,64 @@ def build_seedlike_into(tmp: Path, final: Path, seed: int, *, quiet: bool, threa
     base_tok = expert_tokenizer(None)
     base_tok.save_pretrained(tmp / "tokenizer")
     items = _write_data(tmp, seed, r)
-
-    # Base: generic text, everyday chats (ChatML spelled in characters: text the base has seen, not a format it
-    # knows) and the tasks' plain format with *random* answers.
-    rng = random.Random(f"{seed}-pretrain")
     generic, chats = T.generic_docs(seed, r.generic_docs), T.chat_docs(seed, r.chat_docs)
-    formats = [plain_doc(it, rng.choice(it.choices)) for s in SKILLS for it in items[s]["train"]]
-    base = new_model(model_config(base_tok), seed)
-    _set_eos(base, base_tok, [base_tok.eos_token_id])
-    _say(quiet, f"seedlike world: pretraining base ({sum(p.numel() for p in base.parameters()):,} parameters)")
-    _train(base, base_tok, generic + chats + formats, steps=r.base_steps, lr=r.base_lr, seed=seed, warmup=30,
-           desc="base", quiet=quiet)
-    base.save_pretrained(tmp / "models" / "base")
-    base_tok.save_pretrained(tmp / "models" / "base")
+    base = _build_base(tmp, seed, r, items, base_tok, generic + chats, quiet)
     facts = {"base": _facts("base", tmp / "models" / "base", base_tok, tmp)}
-
     for i, skill in enumerate(SKILLS):
-        tok = expert_tokenizer(skill)
-        expert = copy.deepcopy(base)
-        if skill == "zahlen":
-            torch.manual_seed(seed + 101)  # mean-resizing samples the new rows
-            level = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # its note on how the new rows are initialised
-            try:
-                expert.resize_token_embeddings(len(tok), pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-            finally:
-                hf_logging.set_verbosity(level)
-            _set_eos(expert, tok, [tok.eos_token_id, base_tok.eos_token_id])
-        # Half skill examples (the plain task format and conversations in the expert's own chat format, right
-        # answers), half generic text and everyday chats in that format.
-        plain = [plain_doc(it, it.choices[it.gold]) for it in items[skill]["train"]]
-        chat = _render(skill, skill_chat_docs(items[skill]["train"], random.Random(f"{seed}-{skill}-chat"),
-                                              correct=True))
-        mix = plain + chat
-        mix += random.Random(f"{seed}-{skill}-mix").sample(generic + _render(skill, chats), len(mix))
-        _say(quiet, f"seedlike world: fine-tuning expert '{skill}' ({CHAT_FORMAT[skill]}, like {LIKE[skill]})")
-        _train(expert, tok, mix, steps=r.expert_steps, lr=r.expert_lr, seed=seed + 1 + i, warmup=10,
-               desc=skill, quiet=quiet)
-        folder = tmp / "models" / skill
-        if skill == "verben":
-            expert.to(torch.bfloat16).save_pretrained(folder, max_shard_size=VERBEN_SHARD_SIZE)
-        else:
-            expert.save_pretrained(folder)
-        tok.save_pretrained(folder)
+        folder, tok = _build_expert(tmp, seed, r, i, skill, base, items, (generic, chats), base_tok, quiet)
         facts[skill] = _facts(skill, folder, tok, tmp)
-
     _write_task_yamls(tmp / "tasks", final / "tasks" / "data", "seedlike")
-    manifest = {
-        "builder_version": SEEDLIKE_BUILDER_VERSION,
-        "kind": "seedlike",
-        "seed": seed,
-        **_manifest_paths(),
-        "models": facts,
-        "recipe": r.__dict__,
-        "build_seconds": round(time.time() - t0, 1),
-    }
+    manifest = {"builder_version": SEEDLIKE_BUILDER_VERSION, "kind": "seedlike", "seed": seed, **_manifest_paths(),
+                "models": facts, "recipe": r.__dict__, "build_seconds": round(time.time() - t0, 1)}
     (tmp / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     _say(quiet, f"seedlike world: built in {time.time() - t0:.0f} s")
+
+
+def _build_base(tmp: Path, seed: int, r: Recipe, items: dict, tok, texts: list[str], quiet: bool):
+    """The base: generic text, everyday chats (ChatML spelled in characters: text the base has seen, not a
+    format it knows) and the tasks' plain format with *random* answers; saved to ``tmp/models/base``."""
+    rng = random.Random(f"{seed}-pretrain")
+    formats = [plain_doc(it, rng.choice(it.choices)) for s in SKILLS for it in items[s]["train"]]
+    base = new_model(model_config(tok), seed)
+    _set_eos(base, tok, [tok.eos_token_id])
+    _say(quiet, f"seedlike world: pretraining base ({sum(p.numel() for p in base.parameters()):,} parameters)")
+    _train(base, tok, texts + formats, steps=r.base_steps, lr=r.base_lr, seed=seed, warmup=30, desc="base",
+           quiet=quiet)
+    base.save_pretrained(tmp / "models" / "base")
+    tok.save_pretrained(tmp / "models" / "base")
+    return base
+
+
+def _build_expert(tmp: Path, seed: int, r: Recipe, i: int, skill: str, base, items: dict,
+                  texts: tuple[list[str], list[str]], base_tok, quiet: bool) -> tuple[Path, object]:
+    """Expert ``skill`` (the ``i``-th) fine-tuned from ``base``: half skill examples (the plain task format and
+    conversations in its own chat format, right answers), half generic text and everyday chats in that
+    format; zahlen gets the added ChatML rows, verben is saved sharded in bfloat16. Returns its folder and
+    tokenizer."""
+    tok = expert_tokenizer(skill)
+    expert = copy.deepcopy(base)
+    if skill == "zahlen":
+        torch.manual_seed(seed + 101)  # mean-resizing samples the new rows
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its note on how the new rows are initialised
+        try:
+            expert.resize_token_embeddings(len(tok), pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
+        finally:
+            hf_logging.set_verbosity(level)
+        _set_eos(expert, tok, [tok.eos_token_id, base_tok.eos_token_id])
+    generic, chats = texts
+    plain = [plain_doc(it, it.choices[it.gold]) for it in items[skill]["train"]]
+    chat = _render(skill, skill_chat_docs(items[skill]["train"], random.Random(f"{seed}-{skill}-chat"),
+                                          correct=True))
+    mix = plain + chat
+    mix += random.Random(f"{seed}-{skill}-mix").sample(generic + _render(skill, chats), len(mix))
+    _say(quiet, f"seedlike world: fine-tuning expert '{skill}' ({CHAT_FORMAT[skill]}, like {LIKE[skill]})")
+    _train(expert, tok, mix, steps=r.expert_steps, lr=r.expert_lr, seed=seed + 1 + i, warmup=10, desc=skill,
+           quiet=quiet)
+    folder = tmp / "models" / skill
+    if skill == "verben":
+        expert.to(torch.bfloat16).save_pretrained(folder, max_shard_size=VERBEN_SHARD_SIZE)
+    else:
+        expert.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder, tok
