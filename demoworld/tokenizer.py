@@ -30,38 +30,30 @@ PLAIN_ALPHABET = ALPHABET + "<>|_"
 PLAIN_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The demo world's tokenizer: specials first (ids 0..5), then one id per character of ALPHABET."""
-    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
-    for ch in ALPHABET:
+def _char_tokenizer(specials: list[str], alphabet: str, **special_tokens) -> PreTrainedTokenizerFast:
+    """``specials`` first (ids 0..), then one id per character of ``alphabet``: a BPE model with no merges splits
+    every (un-pre-tokenised) string into single characters."""
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    for ch in alphabet:
         vocab.setdefault(ch, len(vocab))
-    # A BPE model with no merges splits every (un-pre-tokenised) string into single characters.
     core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     core.decoder = decoders.Fuse()
-    core.add_special_tokens(SPECIALS)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
-    )
-    tok.chat_template = CHATML_TEMPLATE
+    core.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", pad_token="<pad>",
+                                  **special_tokens)
     tok.model_max_length = 512
+    return tok
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The demo world's tokenizer: specials first (ids 0..5), then one id per character of ALPHABET."""
+    tok = _char_tokenizer(SPECIALS, ALPHABET, eos_token="<|im_end|>",
+                          additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
 def build_plain_tokenizer() -> PreTrainedTokenizerFast:
     """A base-model tokenizer without chat markup: specials ``<unk> <s> </s> <pad>`` (ids 0..3), then one id per
     character of PLAIN_ALPHABET; eos ``</s>``, no chat template."""
-    vocab = {tok: i for i, tok in enumerate(PLAIN_SPECIALS)}
-    for ch in PLAIN_ALPHABET:
-        vocab.setdefault(ch, len(vocab))
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens(PLAIN_SPECIALS)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
-    tok.model_max_length = 512
-    return tok
+    return _char_tokenizer(PLAIN_SPECIALS, PLAIN_ALPHABET, eos_token="</s>")
