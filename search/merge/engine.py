@@ -82,9 +82,9 @@ class ResidentMerger:
         self.options = mk.merge_options(device, trust_remote_code)
         self.base_model = str(base_model)
         self.models = list(dict.fromkeys([self.base_model, *map(str, models)]))
-        vocabulary = tokenizer.get("source", "union") if tokenizer else tokenizer_source  # mergekit's default: union
         problems = source_problems(self.base_model, self.models[1:], device=device,
-                                   trust_remote_code=trust_remote_code, vocabulary=vocabulary)
+                                   trust_remote_code=trust_remote_code,
+                                   vocabulary=mk.vocabulary_source(tokenizer_source, tokenizer))
         if problems:
             raise UserError("; ".join(problems))
         self._refs = {m: mk.model_ref(m) for m in self.models}

@@ -36,6 +36,7 @@ __all__ = [
     "reopen_model",
     "tensor_shapes",
     "tokenizer_problems",
+    "vocabulary_source",
 ]
 
 
@@ -208,6 +209,12 @@ def build_executor(targets: list, device: str, load: Callable[[Any], Any] | None
     return Executor(handles, math_device=device, storage_device=device, cached_values=cached)
 
 
+def vocabulary_source(tokenizer_source, tokenizer: dict | None):
+    """How a recipe merges differing vocabularies: ``tokenizer``'s ``source`` (mergekit's default ``union``)
+    or ``tokenizer_source``; None when neither is set."""
+    return tokenizer.get("source", "union") if tokenizer is not None else tokenizer_source
+
+
 def tokenizer_problems(section: dict, where: str) -> list[str]:
     """Problems of a ``tokenizer:`` section as mergekit's ``TokenizerConfig`` validates it."""
     import pydantic
@@ -351,9 +358,7 @@ def recipe_problems(data: dict) -> list[str]:
     if isinstance(data.get("chat_template"), str):
         out += chat_template_problems(data["chat_template"], "chat_template")
     tokenizer = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else None
-    union = data.get("tokenizer_source") == "union" or (tokenizer is not None and tokenizer.get("source", "union")
-                                                          == "union")  # mergekit's default source is union
-    if not data.get("base_model") and union:
+    if not data.get("base_model") and vocabulary_source(data.get("tokenizer_source"), tokenizer) == "union":
         out.append("base_model: a `union` tokenizer without base_model takes its special tokens and template from "
                    "whichever source mergekit lists first (a set: it differs from run to run): set base_model")
     return out

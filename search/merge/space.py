@@ -186,7 +186,7 @@ class SpaceConfig(Strict):
     @property
     def vocabulary_source(self) -> str | None:
         """How differing vocabularies merge: ``tokenizer.source`` or ``tokenizer_source`` (None: not set)."""
-        return self.tokenizer.source if self.tokenizer else self.tokenizer_source
+        return mk.vocabulary_source(self.tokenizer_source, self.tokenizer_dict())
 
     @cached_property
     def slots(self) -> list[ParamSlot]:
