@@ -341,17 +341,18 @@ def template_problems(cfg: RunConfig, stages: list[str]) -> list[str]:
     """Models the MT-Bench or DPO stage would meet without a chat template and without a setting for one. The
     merge's template is ``space.chat_template``, else that of the model its tokenizer comes from."""
     space = cfg.space
+    found = {m: has_chat_template(m) for m in space.model_paths()}  # each source's tokenizer, read once
     source = space.vocabulary_source
     donor = source if source not in (None, "base", "union") else space.base_model
-    merge = True if space.chat_template not in (None, "auto") else has_chat_template(donor)
     if space.chat_template == "auto":  # mergekit picks the sources' most common template: any will do
-        found = [has_chat_template(m) for m in space.model_paths()]
-        merge = True if any(found) else None if None in found else False
+        merge = True if any(found.values()) else None if None in found.values() else False
+    else:
+        merge = True if space.chat_template else found[donor] if donor in found else has_chat_template(donor)
     problems = []
     if "mtbench" in stages and cfg.mtbench.chat_template in (None, "model"):
         asked = {"the merge": merge}
         if cfg.pipeline.mtbench_sources:
-            asked |= {m: has_chat_template(m) for m in space.model_paths()}
+            asked |= found
         lacking = [name for name, has in asked.items() if has is False]
         if lacking:
             problems.append(f"mtbench.chat_template is not set but these models have no chat template: "
