@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
 
-.PHONY: install demo test lint clean-world
+.PHONY: install demo test test-fast lint clean-world
 
 install: $(STAMP)
 
@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml
 # The whole pipeline on the demo world (built into results/demo-world when missing): search, held-out,
 # export, DPO, MT-Bench (offline stand-in judge), report in results/demo/. Re-running resumes/skips.
 demo: install
+	$(BIN)/merge-search demo-world build --out results/demo-world
 	$(BIN)/merge-search run configs/demo.yaml
 
+# Everything, world builds included (worlds are built once per run into results/, then reused).
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# For every edit: no world build, no Ray, no services (PostgreSQL, Chromium); markers in pyproject.toml.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: install
 	$(BIN)/ruff check search objectives demoworld tests bench

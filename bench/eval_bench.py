@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 def main() -> None:
     from objectives.objective import Objective
     from search.config import load_run_config
-    from search.stages.world import ensure_world
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -33,8 +32,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8, help="layers of the random Mistral (with --width)")
     ap.add_argument("--device", default="cpu", help="cpu (float32) or cuda[:N] (bfloat16)")
     args = ap.parse_args()
-    cfg = load_run_config(args.config)
-    ensure_world(cfg, quiet=True)
+    cfg = load_run_config(args.config)  # its demo world must exist: make demo (or merge-search demo-world build)
     tok = AutoTokenizer.from_pretrained(cfg.space.base_model)
     if args.width:
         from demoworld.train import model_config, new_model
@@ -48,15 +46,15 @@ def main() -> None:
     print(f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters ({kind}) on "
           f"{args.device}, {model.dtype}")
     sizes = (1, cfg.objective.batch_size)
-    objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "stages": [args.items]}))
+    objs = {bs: Objective(cfg.objective.model_copy(update={"batch_size": bs, "rungs": [args.items]}))
             for bs in sizes}
     for bs in sizes:
-        objs[bs].score(model, tok, stage=0)  # warm-up (tokenizer caches, first-call allocations)
+        objs[bs].score(model, tok, rung=0)  # warm-up (tokenizer caches, first-call allocations)
     best: dict[int, float] = {}
     for _ in range(args.repeats):  # alternate, so load from other processes hits both sizes alike
         for bs in sizes:
             t0 = time.perf_counter()
-            res = objs[bs].score(model, tok, stage=0)
+            res = objs[bs].score(model, tok, rung=0)
             best[bs] = min(best.get(bs, float("inf")), time.perf_counter() - t0)
     figures = {}
     for bs in sizes:

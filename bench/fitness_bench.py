@@ -4,9 +4,9 @@ On the demo world, each arm runs the same search (sampler, trials, workers) for 
 winner (best COMPLETE trial) is re-merged and scored on the held-out test tasks:
 
 * ``full``         every trial scores every search item (no pruning): the reference;
-* ``sh``           today's default: random item order, stages 50/100/all, successive halving;
-* ``informative``  the sources' item matrix orders the items (objectives.selection), stages 10/30/90/all, SH;
-* ``informative+estimate``  the same, the pruner sees the post-stratified estimate instead of the raw stage score.
+* ``sh``           today's default: random item order, rungs 50/100/all, successive halving;
+* ``informative``  the sources' item matrix orders the items (objectives.selection), rungs 10/30/90/all, SH;
+* ``informative+estimate``  the same, the pruner sees the post-stratified estimate instead of the raw rung score.
 
 Items = items the trials scored, plus (informative arms) the items the sources were scored on to build the item
 matrix, once per search. The goal of issue #16: <= 1/5 of ``full``'s items at a held-out winner within one
@@ -37,29 +37,29 @@ from search.config import load_run_config  # noqa: E402
 from search.merge import remerge  # noqa: E402
 from search.rundir import TrialRecord  # noqa: E402
 from search.stages.heldout import top_trials  # noqa: E402
-from search.stages.search import run_search  # noqa: E402
+from search.stages.optimize import run_search  # noqa: E402
 
 ARMS = {
-    "full": {"stages": ["all"], "pruner": "none", "selection": "random", "estimate": False},
-    "sh": {"stages": [50, 100, "all"], "pruner": "successive_halving", "selection": "random", "estimate": False},
-    "informative": {"stages": [10, 30, 90, "all"], "pruner": "successive_halving", "selection": "informative",
+    "full": {"rungs": ["all"], "pruner": "none", "selection": "random", "estimate": False},
+    "sh": {"rungs": [50, 100, "all"], "pruner": "successive_halving", "selection": "random", "estimate": False},
+    "informative": {"rungs": [10, 30, 90, "all"], "pruner": "successive_halving", "selection": "informative",
                     "estimate": False},
-    "informative+estimate": {"stages": [10, 30, 90, "all"], "pruner": "successive_halving",
+    "informative+estimate": {"rungs": [10, 30, 90, "all"], "pruner": "successive_halving",
                              "selection": "informative", "estimate": True},
 }
 
 
 def arm_config(args, arm: str, seed: int, folder: Path) -> Path:
-    """configs/demo.yaml pointed at ``--world``, with the arm's stages, pruner and selection."""
+    """configs/demo.yaml pointed at ``--world``, with the arm's rungs, pruner and selection."""
     cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     world = Path(args.world).resolve()
     spec = ARMS[arm]
-    cfg.update(name=f"fitness-{arm}-{seed}".replace("+", "-"), seed=seed, world={"path": str(world), "seed": 0})
+    cfg.update(name=f"fitness-{arm}-{seed}".replace("+", "-"), seed=seed)
     cfg["space"]["base_model"] = str(world / "models" / "base")
     for m in cfg["space"]["models"]:
         m["model"] = str(world / "models" / m["name"])
     obj = cfg["objective"]
-    obj.update(include_paths=[str(world / "tasks")], stages=spec["stages"], selection=spec["selection"],
+    obj.update(include_paths=[str(world / "tasks")], rungs=spec["rungs"], selection=spec["selection"],
                estimate=spec["estimate"])
     cfg["search"].update(n_trials=args.trials, workers=args.workers, pruner=spec["pruner"],
                          n_startup_trials=min(10, args.trials))

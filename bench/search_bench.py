@@ -1,6 +1,6 @@
 """Worker busy fraction: the asynchronous driver vs a synchronous-generation baseline, side by side.
 
-16 simulated workers (Ray actors running :class:`search.driver.SimulatedWorker`, which sleeps for a trial
+16 simulated workers (Ray actors running :class:`search.driver.testing.SimulatedWorker`, which sleeps for a trial
 duration drawn per trial in ``[1 - jitter, 1 + jitter] * seconds``) run the same number of trials twice:
 
 * **async**: :class:`search.driver.Driver` asks a new trial the moment any worker finishes one;
@@ -29,7 +29,8 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from search.driver import Driver, SimulatedWorker, TrialActor, init_ray, trial_seed
+from search.driver import Driver, TrialActor, init_ray, trial_seed
+from search.driver.testing import SimulatedWorker
 
 
 def suggest(trial):
@@ -54,7 +55,7 @@ def run_sync(args, factory) -> tuple[float, float]:
     busy, t0, done = 0.0, time.perf_counter(), 0
     while done < args.trials:
         trials = [study.ask() for _ in range(min(args.workers, args.trials - done))]
-        refs = [a.run_stage.remote(t.number, suggest(t), trial_seed(0, t.number), 0) for a, t in zip(actors, trials)]
+        refs = [a.run_rung.remote(t.number, suggest(t), trial_seed(0, t.number), 0) for a, t in zip(actors, trials)]
         for t, out in zip(trials, ray.get(refs)):
             busy += out.busy_seconds
             study.tell(t, out.value)
@@ -88,9 +89,9 @@ def demo_world(args) -> None:
         summary = json.loads((out / name / "summary.json").read_text())
         # the winner's held-out (test split) score: re-merged from its recipe + seed, hash-checked
         from search.config import load_run_config
-        from search.stages.heldout import evaluate_models
+        from search.stages.heldout import evaluate
 
-        evaluate_models(load_run_config(cfg), out / name, run=out / name, top_k=1, log=lambda m: None)
+        evaluate(load_run_config(cfg), out / name, study_run=out / name, top_k=1, log=lambda m: None)
         models = json.loads((out / name / "heldout.json").read_text())["models"]
         test = next(m["test_avg"] for m in models.values() if m["trial"] == summary["best_number"])
         rows.append((name, trials, summary["best_value"], test, summary["items"]))

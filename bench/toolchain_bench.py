@@ -6,8 +6,8 @@ Three paths score the same candidate (the demo seed recipe that ``configs/demo.y
 density 0.6, weights 0.3/0.3/0.4, int8_mask, float32, seed 0) on the same documents (every document of the
 three demo search tasks), all at one torch thread, interleaved A B C A B C ... for ``--repeats`` rounds:
 
-  A  merge-search, as a trial worker does it (``search.driver.workers.MergeEvalWorker``): the recipe merged in
-     memory into the resident model, then scored by the objective's resident lm-eval tasks, stage by stage;
+  A  merge-search, as a trial worker does it (``search.stages.trial_worker.MergeEvalWorker``): the recipe merged in
+     memory into the resident model, then scored by the objective's resident lm-eval tasks, rung by rung;
   B  the stock toolchain: ``mergekit-yaml RECIPE OUT`` to disk, then the ``lm_eval`` CLI on OUT (``--model hf``,
      ``--include_path`` the world's tasks) at ``--batch_size 32``;
   C  the same with lm_eval's default batch size (1).
@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from search.merge import hash_model_dir, params_from_recipe
+from search.rundir import TrialAttr
 
 BIN = Path(sys.executable).parent
 SEED = 0
@@ -105,25 +106,25 @@ def run(cmd: list[str], tmp: Path, tool: str) -> dict:
 
 
 def load_config(config: Path, world: Path, tmp: Path):
-    """``config`` with its demo-world paths pointed at ``world`` (built when missing)."""
+    """``config`` with its demo-world paths pointed at ``world`` (the demo world of seed 0, built when missing)."""
+    from demoworld.build import build_world
     from search.config import load_run_config
-    from search.stages.world import ensure_world
 
+    build_world(world, seed=0, quiet=False)  # a quick no-op when complete
     path = tmp / "config.yaml"
     path.write_text(config.read_text(encoding="utf-8").replace("results/demo-world", str(world)), encoding="utf-8")
-    cfg = load_run_config(path)
-    ensure_world(cfg, quiet=False)
-    return cfg
+    return load_run_config(path)
 
 
 def merge_search(worker, cfg, params: dict, trial: int) -> dict:
     """Path A: one trial on the resident worker (a new trial number, so it merges again)."""
     t0 = time.perf_counter()
-    reports = [worker.run_stage(trial, params, SEED, s) for s in range(len(cfg.objective.stages))]
+    reports = [worker.run_rung(trial, params, SEED, r) for r in range(len(cfg.objective.rungs))]
     total = time.perf_counter() - t0
-    merge = reports[0].merge
-    return {"total": total, "merge": merge.seconds, "eval": total - merge.seconds, "acc": reports[-1].scores,
-            "sha": merge.weights_sha256, "items": reports[-1].items}
+    merged, last = reports[0].attrs, reports[-1].attrs
+    merge = merged[TrialAttr.MERGE_SECONDS]
+    return {"total": total, "merge": merge, "eval": total - merge, "acc": last[TrialAttr.SCORES],
+            "sha": merged[TrialAttr.WEIGHTS_SHA256], "items": reports[-1].items}
 
 
 def lm_eval_cmd(out: Path, cfg, batch: int, results: Path) -> list[str]:
@@ -233,7 +234,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.update(ENV)
-    from search.driver.workers import MergeEvalWorker
+    from search.stages.trial_worker import MergeEvalWorker
 
     with tempfile.TemporaryDirectory(prefix="toolchain-bench-") as tmp:
         tmp = Path(tmp)

@@ -5,7 +5,7 @@ Training: every skill item is a chat turn (``Welche Zahl ist am größten: drei,
 ist neun.``),
 alone or followed by a second item asked as a short follow-up (``Und bei zwei, elf, sieben?``). The base sees
 such conversations with random answers (the format only), each expert with the right answers of its own skill.
-The lm-eval tasks ask the same questions in the same template (:func:`demoworld.build.task_yaml`), so the chat
+The lm-eval tasks ask the same questions in the same template (:func:`demoworld.layout.task_yaml`), so the chat
 evaluation measures the skills the search optimises.
 
 Questions (FastChat ``question.jsonl`` layout, plus ``keywords``): :data:`QUESTIONS_PER_SKILL` two-turn

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from demoworld.build import SKILLS, World
+from demoworld.build import World
+from demoworld.layout import SKILLS
 from objectives.lmeval import evaluate_tasks
 
 __all__ = ["chance_levels", "evaluate_model_dir", "format_report", "world_report"]

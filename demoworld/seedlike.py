@@ -18,7 +18,7 @@ so the pipeline's handling of it can be tested offline:
   conversations spelled out in characters (no added tokens).
 
 The lm-eval tasks are plain text without a chat template, as German lm-eval tasks are (``Frage: ...\\nAntwort:``
-+ ``" "`` + option, :func:`demoworld.build.task_yaml` with ``kind="seedlike"``). Every model is trained on that
++ ``" "`` + option, :func:`demoworld.layout.task_yaml` with ``kind="seedlike"``). Every model is trained on that
 format (the base with random answers, each expert with the right answers of its skill) and each expert also on
 its skill as conversations in its own chat format; items, generic text, preference pairs and questions are the
 demo world's for the same seed. The manifest adds ``"kind": "seedlike"`` and a ``models`` section with each
@@ -39,10 +39,10 @@ from transformers import GenerationConfig
 from transformers.utils import logging as hf_logging
 
 from demoworld import text as T
-from demoworld.build import SKILLS, Recipe, _manifest_paths, _say, _train, _write_data, _write_task_yamls
 from demoworld.chat import skill_chat_docs
+from demoworld.layout import SKILLS, Recipe, manifest_paths, write_data, write_task_yamls
 from demoworld.tokenizer import build_plain_tokenizer
-from demoworld.train import model_config, new_model
+from demoworld.train import model_config, new_model, say, train
 from objectives.templates import CHATML_TEMPLATE
 
 __all__ = ["CHATML_TOKENS", "LIKE", "RECIPE", "SEEDLIKE_BUILDER_VERSION", "ZEPHYR_TEMPLATE", "build_seedlike_into",
@@ -134,18 +134,18 @@ def build_seedlike_into(tmp: Path, final: Path, seed: int, *, quiet: bool, threa
     torch.set_num_threads(threads)
     base_tok = expert_tokenizer(None)
     base_tok.save_pretrained(tmp / "tokenizer")
-    items = _write_data(tmp, seed, r)
+    items = write_data(tmp, seed, r)
     generic, chats = T.generic_docs(seed, r.generic_docs), T.chat_docs(seed, r.chat_docs)
     base = _build_base(tmp, seed, r, items, base_tok, generic + chats, quiet)
     facts = {"base": _facts("base", tmp / "models" / "base", base_tok, tmp)}
     for i, skill in enumerate(SKILLS):
         folder, tok = _build_expert(tmp, seed, r, i, skill, base, items, (generic, chats), base_tok, quiet)
         facts[skill] = _facts(skill, folder, tok, tmp)
-    _write_task_yamls(tmp / "tasks", final / "tasks" / "data", "seedlike")
-    manifest = {"builder_version": SEEDLIKE_BUILDER_VERSION, "kind": "seedlike", "seed": seed, **_manifest_paths(),
+    write_task_yamls(tmp / "tasks", final / "tasks" / "data", "seedlike")
+    manifest = {"builder_version": SEEDLIKE_BUILDER_VERSION, "kind": "seedlike", "seed": seed, **manifest_paths(),
                 "models": facts, "recipe": r.__dict__, "build_seconds": round(time.time() - t0, 1)}
     (tmp / "world.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    _say(quiet, f"seedlike world: built in {time.time() - t0:.0f} s")
+    say(quiet, f"seedlike world: built in {time.time() - t0:.0f} s")
 
 
 def _build_base(tmp: Path, seed: int, r: Recipe, items: dict, tok, texts: list[str], quiet: bool):
@@ -155,9 +155,9 @@ def _build_base(tmp: Path, seed: int, r: Recipe, items: dict, tok, texts: list[s
     formats = [plain_doc(it, rng.choice(it.choices)) for s in SKILLS for it in items[s]["train"]]
     base = new_model(model_config(tok), seed)
     _set_eos(base, tok, [tok.eos_token_id])
-    _say(quiet, f"seedlike world: pretraining base ({sum(p.numel() for p in base.parameters()):,} parameters)")
-    _train(base, tok, texts + formats, steps=r.base_steps, lr=r.base_lr, seed=seed, warmup=30, desc="base",
-           quiet=quiet)
+    say(quiet, f"seedlike world: pretraining base ({sum(p.numel() for p in base.parameters()):,} parameters)")
+    train(base, tok, texts + formats, steps=r.base_steps, lr=r.base_lr, seed=seed, warmup=30, desc="base",
+          quiet=quiet)
     base.save_pretrained(tmp / "models" / "base")
     tok.save_pretrained(tmp / "models" / "base")
     return base
@@ -186,9 +186,9 @@ def _build_expert(tmp: Path, seed: int, r: Recipe, i: int, skill: str, base, ite
                                           correct=True))
     mix = plain + chat
     mix += random.Random(f"{seed}-{skill}-mix").sample(generic + _render(skill, chats), len(mix))
-    _say(quiet, f"seedlike world: fine-tuning expert '{skill}' ({CHAT_FORMAT[skill]}, like {LIKE[skill]})")
-    _train(expert, tok, mix, steps=r.expert_steps, lr=r.expert_lr, seed=seed + 1 + i, warmup=10, desc=skill,
-           quiet=quiet)
+    say(quiet, f"seedlike world: fine-tuning expert '{skill}' ({CHAT_FORMAT[skill]}, like {LIKE[skill]})")
+    train(expert, tok, mix, steps=r.expert_steps, lr=r.expert_lr, seed=seed + 1 + i, warmup=10, desc=skill,
+          quiet=quiet)
     folder = tmp / "models" / skill
     if skill == "verben":
         expert.to(torch.bfloat16).save_pretrained(folder, max_shard_size=VERBEN_SHARD_SIZE)

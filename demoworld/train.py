@@ -1,4 +1,5 @@
-"""Tiny Mistral-architecture models and a minimal causal-LM training loop for the demo world."""
+"""Tiny Mistral-architecture models and a minimal causal-LM training loop for the demo world, with the builders'
+progress output (:func:`train` shows a bar per model, :func:`say` one line per step)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import math
 import random
 
 import torch
+from tqdm.auto import tqdm
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
-__all__ = ["model_config", "new_model", "train_lm"]
+__all__ = ["model_config", "new_model", "say", "train", "train_lm"]
 
 
 def model_config(tokenizer: PreTrainedTokenizerFast, hidden: int = 128, layers: int = 2) -> MistralConfig:
@@ -89,3 +91,22 @@ def train_lm(
             progress(loss.item())
     model.eval()
     return losses
+
+
+def train(model, tok, docs, *, steps, lr, seed, warmup, desc, quiet):
+    """:func:`train_lm` with a progress bar named ``desc`` (none when ``quiet``)."""
+    bar = tqdm(total=steps, desc=desc, disable=quiet, leave=False, mininterval=1.0)
+
+    def tick(loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    losses = train_lm(model, tok, docs, steps=steps, lr=lr, seed=seed, warmup=warmup, progress=tick)
+    bar.close()
+    return losses
+
+
+def say(quiet: bool, msg: str) -> None:
+    """A builder's progress line (nothing when ``quiet``)."""
+    if not quiet:
+        print(msg, flush=True)

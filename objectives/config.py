@@ -8,7 +8,7 @@ Every field is a YAML key (the pydantic model IS the format)::
         - {name: arc_de, metric: acc_norm, weight: 1.0, num_fewshot: 0, subset: 300, heldout: 300}
         - {name: demo_zahlen_search, test_task: demo_zahlen_test, subset: all}
       subset_seed: 0                       # the only randomness of the subsets
-      stages: [50, 200, all]               # multi-fidelity: items per task evaluated at each stage
+      rungs: [50, 200, all]                # multi-fidelity: items per task evaluated at each rung
       aggregate: weighted_mean             # | min | expert_relative (needs `reference`)
       batch_size: 32
       threads: 1                           # torch CPU threads while scoring on CPU (null: torch's default)
@@ -131,8 +131,9 @@ class ObjectiveConfig(ScoreSpec):
     # Also index lm-eval's built-in tasks (about 5 s); off for configs that only use custom tasks.
     include_defaults: bool = True
     subset_seed: int = 0
-    # Items per task at each fidelity stage (capped at the task's subset); the last stage should be `all`.
-    stages: list[Size] = ["all"]
+    rungs: list[Size] = Field(default=["all"], description=(
+        "items per task at each rung (fidelity level) of successive halving, growing, capped at each task's subset; "
+        "the last should be `all` (formerly `stages`)"))
     apply_chat_template: bool = False
     fewshot_as_multiturn: bool = False
     batch_size: int = Field(default=32, ge=1)
@@ -144,24 +145,32 @@ class ObjectiveConfig(ScoreSpec):
     selection: Literal["random", "informative"] = Field(default="random", description=(
         "order of each task's search subset: `random` (seeded by subset_seed) or `informative` (items the "
         "source models disagree on first, stratified; the sources are scored once before the search, kept in "
-        "RUN/item_matrix.json; every stage then records a full-subset estimate). See docs/objectives.md"))
+        "RUN/item_matrix.json; every rung then records a full-subset estimate). See docs/objectives.md"))
     estimate: bool = Field(default=False, description=(
-        "let the pruner see each stage's full-subset estimate instead of the raw stage score (needs selection: "
+        "let the pruner see each rung's full-subset estimate instead of the raw rung score (needs selection: "
         "informative); a trial's final value is always the plain score on the whole search subset"))
     secondary: SecondaryObjective | None = None
     constraints: list[Constraint] = []
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        if isinstance(data, dict) and "stages" in data:
+            raise ValueError("`stages` was renamed to `rungs` (objective.rungs: items per task at each rung of "
+                             "successive halving; same values): rename the key")
+        return data
+
     @pydantic.model_validator(mode="after")
     def _check_objective(self) -> ObjectiveConfig:
         problems = []
-        ints = [s for s in self.stages if s != "all"]
+        ints = [s for s in self.rungs if s != "all"]
         if any(s < 1 for s in ints):
-            problems.append(f"stages: every stage must be >= 1 or 'all', but got {self.stages}")
-        if ints != sorted(set(ints)) or ("all" in self.stages and self.stages[-1] != "all") \
-                or self.stages.count("all") > 1:
-            problems.append(f"stages: must grow strictly with 'all' (if any) last, but got {self.stages}")
-        if not self.stages:
-            problems.append("stages: give at least one stage, e.g. [all]")
+            problems.append(f"rungs: every rung must be >= 1 or 'all', but got {self.rungs}")
+        if ints != sorted(set(ints)) or ("all" in self.rungs and self.rungs[-1] != "all") \
+                or self.rungs.count("all") > 1:
+            problems.append(f"rungs: must grow strictly with 'all' (if any) last, but got {self.rungs}")
+        if not self.rungs:
+            problems.append("rungs: give at least one rung, e.g. [all]")
         if self.estimate and self.selection != "informative":
             problems.append("estimate: true needs selection: informative (the estimate comes from the sources' "
                             "item matrix)")

@@ -7,7 +7,7 @@ line and a non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "first_line"]
+__all__ = ["UserError", "did_you_mean", "first_line"]
 
 
 class UserError(Exception):
@@ -19,3 +19,15 @@ def first_line(err: BaseException, limit: int = 200) -> str:
     what a one-line error quotes of a library's failure."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+def did_you_mean(word: str, options, *, listing: bool = False) -> str:
+    """The hint an error about an unknown name ends with: `` (did you mean 'x'?)`` for the closest of
+    ``options``; when none is close, `` (expected one of: a, b)`` with ``listing`` (and options), else ``""``."""
+    import difflib
+
+    options = [str(o) for o in options]
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    return f" (expected one of: {', '.join(options)})" if listing and options else ""

@@ -5,7 +5,7 @@ Two levels:
 * :func:`evaluate_tasks` — one call, task names in, ``{task: {"score", "stderr", "n", "metric"}}`` out;
 * :func:`run_tasks` + :func:`doc_values` — the building blocks :class:`objectives.objective.Objective` uses:
   already-loaded ``Task`` objects (datasets load once per run, not once per candidate) and per-document
-  metric values (so a later fidelity stage only evaluates the documents the earlier one did not).
+  metric values (so a later rung of successive halving only evaluates the documents the earlier one did not).
 
 lm-eval's ``samples={task: ids}`` labels the i-th selected document with ``ids[i]`` while iterating the
 documents in dataset order, so ids are always passed sorted here.

@@ -5,20 +5,19 @@ Lifecycle::
     obj = Objective(config.objective)          # validates everything (all problems in one UserError),
                                                 # loads each task's dataset once, picks the subsets
     obj.record()                                # JSON-able subsets to store in the run
-    for r in obj.iter_stages(model, tok):      # 50 -> 200 -> all items per task; only new docs evaluated
-        trial.report(r.score, r.stage)          # partial results for pruning
+    for r in obj.iter_rungs(model, tok):       # 50 -> 200 -> all items per task; only new docs evaluated
+        trial.report(r.score, r.rung)           # partial results for pruning
     final = obj.score(model, tok, split="test")  # held-out documents
 
 Subsets: for each task the documents ``0..n-1`` are permuted by ``random.Random(f"{subset_seed}:{task}")``
 (string seeds are hashed with SHA-512, independent of ``PYTHONHASHSEED``); the search subset is the first
-``subset`` ids of that order, a same-task held-out subset the next ``heldout`` ids, and stage ``k`` evaluates
-the first ``k`` ids of the search subset, so stages are nested and every trial sees the same documents.
+``subset`` ids of that order, a same-task held-out subset the next ``heldout`` ids, and rung ``k`` evaluates
+the first ``k`` ids of the search subset, so rungs are nested and every trial sees the same documents.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 import os
 import random
@@ -27,11 +26,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from objectives.config import Constraint, ObjectiveConfig, ScoreSpec, Size, TaskSpec
-from objectives.errors import UserError, first_line
+from objectives.errors import UserError, did_you_mean, first_line
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
-from objectives.selection import ItemMatrix, estimate_record, ordered, stage_estimates
+from objectives.selection import ItemMatrix, estimate_record, ordered, rung_estimates
 
-__all__ = ["Objective", "StageResult", "Subset", "aggregate", "check_config", "constraint_values", "cpu_threads",
+__all__ = ["Objective", "RungResult", "Subset", "aggregate", "check_config", "constraint_values", "cpu_threads",
            "produced_metrics"]
 
 Split = Literal["search", "test"]
@@ -44,7 +43,7 @@ _DEFAULT_METRICS = {"loglikelihood": ["perplexity", "acc"],
 
 @dataclass(frozen=True)
 class Subset:
-    """The fixed documents of one task: search ids in stage order, held-out task and ids."""
+    """The fixed documents of one task: search ids in rung order, held-out task and ids."""
 
     task: str
     n_docs: int
@@ -54,11 +53,11 @@ class Subset:
 
 
 @dataclass
-class StageResult:
-    """Scores after one stage (or of the held-out split): what a trial records."""
+class RungResult:
+    """Scores after one rung (or of the held-out split): what a trial records."""
 
     split: str
-    stage: int  # index into config.stages; -1 for the held-out split
+    rung: int  # index into config.rungs; -1 for the held-out split
     score: float
     tasks: dict[str, float]
     stderr: dict[str, float | None]
@@ -104,10 +103,9 @@ def _check_task(tm, name: str, where: str, metric: str | None) -> list[str]:
 
     entry = tm.task_index.get(name)
     if entry is None:
-        close = difflib.get_close_matches(name, tm.all_subtasks, n=4, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}" if close else \
-            "check the name (`lm-eval ls tasks`) or add its folder to objective.include_paths"
-        return [f"{where}: unknown lm-eval task {name!r} ({hint})"]
+        hint = did_you_mean(name, tm.all_subtasks) or \
+            " (check the name, `lm-eval ls tasks`, or add its folder to objective.include_paths)"
+        return [f"{where}: unknown lm-eval task {name!r}{hint}"]
     if entry.kind in (Kind.GROUP, Kind.TAG):
         subs = sorted(n for n, e in tm.task_index.items()
                       if e.kind in (Kind.TASK, Kind.PY_TASK) and n.startswith(name))[:8]
@@ -185,10 +183,10 @@ def _bounded_value(config: ObjectiveConfig, c: Constraint, primary: float, secon
     return primary if c.objective == "primary" else secondary if c.objective == sec_name else scores.get(c.objective)
 
 
-def constraint_values(config: ObjectiveConfig, res: StageResult) -> dict[str, float]:
+def constraint_values(config: ObjectiveConfig, res: RungResult) -> dict[str, float]:
     """Optuna constraint values (``<= 0`` is feasible) of ``config.constraints`` for ``res``, keyed
     ``"<index>:<objective>"``: how far the score lies outside ``[min, max]`` (negative: inside, by that much).
-    Constraints on a score not evaluated at this stage are left out."""
+    Constraints on a score not evaluated at this rung are left out."""
     out = {}
     for i, c in enumerate(config.constraints):
         v = _bounded_value(config, c, res.score, res.secondary, res.tasks)
@@ -226,7 +224,7 @@ class Objective:
     """
 
     def __init__(self, config: ObjectiveConfig, *, tm=None, matrix: ItemMatrix | None = None):
-        """``matrix``: the sources' item matrix (``selection: informative``: ordered subsets, stage estimates)."""
+        """``matrix``: the sources' item matrix (``selection: informative``: ordered subsets, rung estimates)."""
         self.config = config
         bad_paths = [p for p in config.include_paths if not p.is_dir()]
         self._tm = tm or (None if bad_paths else task_manager(config.include_paths, config.include_defaults))
@@ -292,16 +290,16 @@ class Objective:
         return {"seed": self.config.subset_seed, "selection": "informative" if self.matrix else "random",
                 "tasks": {name: asdict(s) for name, s in self.subsets.items()}}
 
-    def stage_sizes(self) -> list[dict[str, int]]:
-        """Items per task at each stage."""
+    def rung_sizes(self) -> list[dict[str, int]]:
+        """Items per task at each rung."""
         return [{n: len(s.search) if k == "all" else min(k, len(s.search)) for n, s in self.subsets.items()}
-                for k in self.config.stages]
+                for k in self.config.rungs]
 
-    def samples(self, split: Split = "search", stage: int = -1) -> dict[str, list[int]]:
-        """lm-eval ``samples`` (``{lm-eval task: sorted ids}``) of ``split`` (search: at ``stage``)."""
+    def samples(self, split: Split = "search", rung: int = -1) -> dict[str, list[int]]:
+        """lm-eval ``samples`` (``{lm-eval task: sorted ids}``) of ``split`` (search: at ``rung``)."""
         if split == "test":
             return {s.heldout_task: sorted(s.heldout) for s in self.subsets.values() if s.heldout_task}
-        sizes = self.stage_sizes()[stage]
+        sizes = self.rung_sizes()[rung]
         return {n: sorted(s.search[:sizes[n]]) for n, s in self.subsets.items()}
 
     @property
@@ -310,16 +308,16 @@ class Objective:
 
     # -- scoring -------------------------------------------------------------------------------------------
 
-    def score(self, model, tokenizer, *, stage: int = -1, split: Split = "search",
-              previous: StageResult | None = None, lm=None) -> StageResult:
-        """Evaluate the resident ``model`` on ``split`` (search: the documents of ``stage``).
+    def score(self, model, tokenizer, *, rung: int = -1, split: Split = "search",
+              previous: RungResult | None = None, lm=None) -> RungResult:
+        """Evaluate the resident ``model`` on ``split`` (search: the documents of ``rung``).
 
-        With ``previous`` (an earlier stage's result) only the documents it did not cover are evaluated
-        for tasks whose metric is a mean; other tasks are evaluated on all documents of the stage.
+        With ``previous`` (an earlier rung's result) only the documents it did not cover are evaluated
+        for tasks whose metric is a mean; other tasks are evaluated on all documents of the rung.
         """
-        stages = len(self.config.stages)
-        stage = stage % stages if split == "search" else -1
-        want = self.samples(split, stage)
+        rungs = len(self.config.rungs)
+        rung = rung % rungs if split == "search" else -1
+        want = self.samples(split, rung)
         lm_task = {s.task: (s.heldout_task if split == "test" else s.task) for s in self.subsets.values()}
         if split == "test":
             lm_task = {k: v for k, v in lm_task.items() if v}
@@ -337,7 +335,7 @@ class Objective:
             out = run_tasks(lm, [self._tasks[t] for t in todo], todo, task_manager=self._tm,
                             apply_chat_template=c.apply_chat_template, fewshot_as_multiturn=c.fewshot_as_multiturn,
                             bootstrap_iters=c.bootstrap_iters)
-        return self._collect(split, stage, want, lm_task, prev, todo, out)
+        return self._collect(split, rung, want, lm_task, prev, todo, out)
 
     def _spec(self, name: str) -> TaskSpec:
         return next(t for t in self.config.all_tasks() if t.name == name)
@@ -348,7 +346,7 @@ class Objective:
         metric = self._spec(name).metric.partition(",")[0]
         return self._tasks[task_name].aggregation().get(metric) is mean
 
-    def _collect(self, split, stage, want, lm_task, prev, todo, out) -> StageResult:
+    def _collect(self, split, rung, want, lm_task, prev, todo, out) -> RungResult:
         scores, stderr, n, values = {}, {}, {}, {}
         for name, task_name in lm_task.items():
             metric = self._spec(name).metric
@@ -372,11 +370,11 @@ class Objective:
         secondary = None
         if c.secondary and all(t.name in scores for t in c.secondary.tasks):
             secondary = aggregate(c.secondary, scores)
-        est = stage_estimates(self.matrix, self.subsets, values) if self.matrix and split == "search" else {}
-        return StageResult(split=split, stage=stage, score=primary, tasks=scores, stderr=stderr, n=n,
-                           secondary=secondary, violations=self._violations(primary, secondary, scores),
-                           final=split == "test" or stage == len(c.stages) - 1, values=values,
-                           estimate=estimate_record(est, lambda v: aggregate(c, v)) if est else None)
+        est = rung_estimates(self.matrix, self.subsets, values) if self.matrix and split == "search" else {}
+        return RungResult(split=split, rung=rung, score=primary, tasks=scores, stderr=stderr, n=n,
+                          secondary=secondary, violations=self._violations(primary, secondary, scores),
+                          final=split == "test" or rung == len(c.rungs) - 1, values=values,
+                          estimate=estimate_record(est, lambda v: aggregate(c, v)) if est else None)
 
     def _violations(self, primary: float, secondary: float | None, scores: dict[str, float]) -> list[str]:
         out = []
@@ -390,10 +388,10 @@ class Objective:
                 out.append(f"{c.objective} = {v:.4f} > max {c.max}")
         return out
 
-    def iter_stages(self, model, tokenizer) -> Iterator[StageResult]:
-        """Yield the cumulative result after each stage (stop iterating to prune); one HFLM for all."""
+    def iter_rungs(self, model, tokenizer) -> Iterator[RungResult]:
+        """Yield the cumulative result after each rung (stop iterating to prune); one HFLM for all."""
         lm = make_lm(model, tokenizer, batch_size=self.config.batch_size)
         prev = None
-        for i in range(len(self.config.stages)):
-            prev = self.score(model, tokenizer, stage=i, previous=prev, lm=lm)
+        for i in range(len(self.config.rungs)):
+            prev = self.score(model, tokenizer, rung=i, previous=prev, lm=lm)
             yield prev

@@ -1,7 +1,7 @@
-"""Which search items a trial scores first, and what a partial stage says about the whole subset.
+"""Which search items a trial scores first, and what a partial rung says about the whole subset.
 
 ``objective.selection: random`` (the default) scores each task's search subset in a seeded random order, so
-a stage's accuracy is an unbiased estimate of the subset's. ``informative`` orders the same subset by what the
+a rung's accuracy is an unbiased estimate of the subset's. ``informative`` orders the same subset by what the
 *source models* did on it (:class:`ItemMatrix`, scored once before the search and kept in the run folder):
 
 * items are grouped into strata by their source pattern (which sources got the item right);
@@ -9,11 +9,11 @@ a stage's accuracy is an unbiased estimate of the subset's. ``informative`` orde
   stratum's share of the early items grows with ``N_s * sqrt(p_s * (1 - p_s))`` (Neyman allocation; ``N_s``
   items, ``p_s = (sum + 0.5) / (S + 1)`` the sources' smoothed mean score on them), so strata where the sources
   disagree get most of the early items and strata where they all agree few, but never none;
-* inside a stratum items keep their seeded random order, so every prefix (every stage) is a stratified sample.
+* inside a stratum items keep their seeded random order, so every prefix (every rung) is a stratified sample.
 
-:func:`estimate` turns a stage's per-item values into an estimate of the full-subset score with its standard
+:func:`estimate` turns a rung's per-item values into an estimate of the full-subset score with its standard
 error (post-stratification: each stratum weighted by its size; a stratum not evaluated yet counts with the
-sources' mean on it, the one assumption). The estimate is reported beside the raw stage score and may drive
+sources' mean on it, the one assumption). The estimate is reported beside the raw rung score and may drive
 the pruner (``objective.estimate``); a trial's final value is always the plain score on the whole subset.
 
 The idea follows tinyBenchmarks (Polo et al., 2024: anchor items chosen by clustering the correctness patterns
@@ -34,7 +34,7 @@ from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["Estimate", "ItemMatrix", "estimate", "estimate_record", "informative_order", "ordered", "stage_estimates",
+__all__ = ["Estimate", "ItemMatrix", "estimate", "estimate_record", "informative_order", "ordered", "rung_estimates",
            "strata"]
 
 
@@ -153,14 +153,14 @@ def ordered(subsets: dict, matrix: ItemMatrix) -> dict:
     return out
 
 
-def stage_estimates(matrix: ItemMatrix, subsets: dict, values: dict[str, dict[int, float]]) -> dict[str, Estimate]:
-    """:func:`estimate` of every task in ``values`` (``{task: {doc id: value}}`` of a search stage)."""
+def rung_estimates(matrix: ItemMatrix, subsets: dict, values: dict[str, dict[int, float]]) -> dict[str, Estimate]:
+    """:func:`estimate` of every task in ``values`` (``{task: {doc id: value}}`` of a search rung)."""
     return {name: estimate(matrix.values[name], subsets[name].search, vals) for name, vals in values.items()
             if name in subsets and name in matrix.values}
 
 
 def estimate_record(estimates: dict[str, Estimate], combine: Callable[[dict[str, float]], float]) -> dict[str, Any]:
-    """What a trial records of a stage's estimates: the combined fitness estimate (``combine`` = the objective's
+    """What a trial records of a rung's estimates: the combined fitness estimate (``combine`` = the objective's
     aggregation) with a standard error propagated per task by finite differences, and each task's estimate."""
     point = {t: e.value for t, e in estimates.items()}
     value = combine(point)

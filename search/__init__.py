@@ -11,30 +11,31 @@ command line (:mod:`search.cli`) is a thin shell over the names below; see ``doc
 
 from search.config import RunConfig, load_run_config, resolve_device, save_run_config, seed_recipe
 from search.configref import config_reference
-from search.driver import Driver, MergeEvalWorker, SearchConfig, SimulatedWorker, load_study, ranked_trials
+from search.driver import Driver, RungReport, SearchConfig, load_study, ranked_trials
 from search.merge import (
     MergeError,
     MergeResult,
+    Recipe,
     ResidentMerger,
     SpaceConfig,
     hash_model_dir,
-    load_recipe,
     merge_to_dir,
     record_of,
     remerge,
     to_merge_config,
     weights_sha256,
 )
-from search.pipeline import STAGES, StageInterrupted, run_pipeline
-from search.rundir import DPOOutputs, MergeInfo, RunDir, StageReport, TrialAttr, TrialRecord
+from search.dpo_config import DPOStageConfig
+from search.pipeline import STAGES, StageContext, StageInterrupted, check_run, run_pipeline, stage_names
+from search.rundir import DPOOutputs, RunDir, TrialAttr, TrialRecord
 from search.stages.dpo import load_dpo_config, run_dpo
-from search.stages.dpo_config import DPOStageConfig
 from search.stages.export import export_trial, pick_trial, winner
-from search.stages.heldout import HeldoutReport, ModelScores, evaluate_models
+from search.stages.heldout import evaluate
+from search.stages.heldout_report import HeldoutReport, ModelScores
 from search.stages.mtbench import chat_model, mtbench_config, run_mtbench_stage
+from search.stages.optimize import SearchSummary, run_search
 from search.stages.report import headline, write_report
-from search.stages.search import SearchSummary, run_search
-from search.stages.world import ensure_world
+from search.stages.trial_worker import MergeEvalWorker, MergeInfo
 
 __all__ = [
     "STAGES",
@@ -47,26 +48,26 @@ __all__ = [
     "MergeInfo",
     "MergeResult",
     "ModelScores",
+    "Recipe",
     "ResidentMerger",
     "RunConfig",
     "RunDir",
+    "RungReport",
     "SearchConfig",
     "SearchSummary",
-    "SimulatedWorker",
     "SpaceConfig",
+    "StageContext",
     "StageInterrupted",
-    "StageReport",
     "TrialAttr",
     "TrialRecord",
     "chat_model",
+    "check_run",
     "config_reference",
-    "ensure_world",
-    "evaluate_models",
+    "evaluate",
     "export_trial",
     "hash_model_dir",
     "headline",
     "load_dpo_config",
-    "load_recipe",
     "load_run_config",
     "load_study",
     "merge_to_dir",
@@ -81,6 +82,7 @@ __all__ = [
     "run_pipeline",
     "run_search",
     "save_run_config",
+    "stage_names",
     "seed_recipe",
     "to_merge_config",
     "weights_sha256",

@@ -5,16 +5,15 @@
     name: demo                 # run folder default: results/<name>
     seed: 0
     device: auto               # cpu | cuda | auto (cuda when torch sees one); resolved when loaded
-    world: {path: results/demo-world, seed: 0}   # optional: the offline demo world, built when missing
     space: {...}               # search.merge.space.SpaceConfig
     objective: {...}           # objectives.config.ObjectiveConfig
     recipes: [hand.yaml]       # hand recipes (paths or inline mergekit configs); default: the seed recipe
 
-Relative paths (models, include paths, recipe files, the world) are relative to the working directory:
+Relative paths (models, include paths, recipe files) are relative to the working directory:
 run the commands from the repository root. :func:`load_run_config` validates the file (every problem in one
 error), resolves ``device: auto`` and fills in the default recipe; :func:`save_run_config` writes that
-resolved config, which loads back to the same object. A config that names a ``world`` gets it built by
-:func:`search.stages.world.ensure_world` (the caller's choice, never a side effect of loading).
+resolved config, which loads back to the same object. The config knows nothing of the demo worlds: a world is
+built beforehand (``merge-search demo-world build``, ``make demo``) and named by its model paths.
 """
 
 from __future__ import annotations
@@ -34,14 +33,13 @@ from search.driver.study import SearchConfig, check_sampler
 from search.merge.mergekit_compat import method_parameters
 from search.merge.recipe import params_from_recipe, recipe_dict
 from search.merge.space import Choice, Range, SpaceConfig
-from search.stages.dpo_config import DPOStageConfig
+from search.dpo_config import DPOStageConfig
 
 __all__ = [
     "SEED_DENSITY",
     "SEED_WEIGHTS",
     "PipelineConfig",
     "RunConfig",
-    "WorldConfig",
     "load_run_config",
     "resolve_device",
     "save_run_config",
@@ -54,17 +52,6 @@ LOG = logging.getLogger("merge_search")
 # other counts get equal weights).
 SEED_DENSITY = 0.6
 SEED_WEIGHTS = (0.3, 0.3, 0.4)
-
-
-class WorldConfig(Strict):
-    """The offline demo world (``demoworld.build.build_world``): built into ``path`` when missing
-    (:func:`search.stages.world.ensure_world`)."""
-
-    path: Path = Path("results/demo-world")
-    seed: int = pydantic.Field(0, ge=0, le=2**32 - 1)
-    kind: Literal["demo", "seedlike"] = pydantic.Field("demo", description=(
-        "demo: one shared ChatML tokenizer; seedlike: sources as unlike as the seed merge's (a base without a "
-        "template, ChatML added as tokens, a Zephyr-style template, sharded bfloat16)"))
 
 
 class PipelineConfig(Strict):
@@ -80,7 +67,6 @@ class RunConfig(Strict):
     name: str = pydantic.Field(pattern=r"^[A-Za-z0-9._-]+$")
     seed: int = pydantic.Field(0, ge=0, le=2**31 - 2)  # trial seeds are derived from it (numpy/torch seed range)
     device: Literal["cpu", "cuda", "auto"] = "auto"
-    world: WorldConfig | None = None
     space: SpaceConfig
     objective: ObjectiveConfig
     # Paths of mergekit YAML recipes or inline mergekit configs; None: the seed recipe (see seed_recipe).
@@ -89,6 +75,16 @@ class RunConfig(Strict):
     search: SearchConfig = SearchConfig()  # the search (search.driver.study): `merge-search search CONFIG`
     mtbench: MTBenchConfig = MTBenchConfig()  # MT-Bench-de (objectives.mtbench): `merge-search mtbench run`
     pipeline: PipelineConfig = PipelineConfig()  # `merge-search run CONFIG`: all stages in order
+
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data):
+        if isinstance(data, dict) and "world" in data:
+            if data["world"] is None:  # as older resolved.yaml files hold it
+                return {k: v for k, v in data.items() if k != "world"}
+            raise ValueError("`world` was removed from the run config: build the demo world beforehand "
+                             "(merge-search demo-world build, or make demo) and delete the `world:` section")
+        return data
 
     @pydantic.model_validator(mode="after")
     def _check_sampler_fits_objective(self) -> RunConfig:

@@ -1,111 +1,120 @@
-"""``run_pipeline``: search -> held-out -> export -> DPO -> MT-Bench -> report, resumable.
+"""``run_pipeline``: the ordered table of stages, run (or resumed) on one run folder.
 
-Each stage is a function of the resolved :class:`~search.config.RunConfig` and the
-:class:`~search.rundir.RunDir`; it writes its outputs under the run folder and, when it has finished, a
-completion marker ``RUN/stages/<stage>.json`` (seconds taken, finish time). Running again skips finished
-stages and resumes an interrupted one (the search resumes from its Optuna storage: completed trials are kept,
-orphaned ones re-queued); ``from_stage`` re-runs that stage and every later one, ``only`` just that one. The
-resolved config is saved as ``RUN/resolved.yaml``. Before anything is created every input is checked
-(:func:`search.preflight.run_problems`); a run folder belongs to the config that made it: a config that
-changes what the study holds is refused, one that changes later stages only needs ``from_stage``/``only``
-at or before the first stage it affects. The run folder's layout is :mod:`search.rundir`'s.
+Every stage is a module with the same contract (:mod:`search.stages.base`): ``NAME``, ``SECTIONS``,
+``problems(cfg, run)`` and ``run(cfg, run, ctx)``. :data:`STAGES` is the one table that orders them; the
+completion markers, resume, ``from_stage``/``only`` and the run-folder ownership rules all read it.
+
+When a stage has finished, its marker ``RUN/stages/<stage>.json`` (seconds taken, finish time) is written;
+running again skips finished stages and resumes an interrupted one (the search resumes from its Optuna
+storage: completed trials are kept, orphaned ones re-queued); ``from_stage`` re-runs that stage and every
+later one, ``only`` just that one. Before anything is created every selected stage's ``problems`` and the
+run-wide checks are made (:func:`check_run`). A run folder belongs to the config that made it
+(``RUN/resolved.yaml``): a config whose first-stage sections differ is refused, one whose later sections
+differ needs ``from_stage``/``only`` at or before the first stage that reads them (:func:`owner_problems`).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from objectives.errors import UserError
-from objectives.mtbench.run import SCORES_FILE
 from search.config import RunConfig, save_run_config
-from search.driver.study import load_study
-from search.merge import remerge
-from search.preflight import raise_problems, run_problems, stage_input_problems
-from search.rundir import STAGES, RunDir
-from search.stages import dpo, export, heldout, mtbench, report, search
-from search.stages.world import ensure_world
+from search.preflight import (
+    RESOURCE_KEYS,
+    as_read_back,
+    config_diff,
+    device_problems,
+    local_models,
+    output_problems,
+    raise_problems,
+    ray_problems,
+)
+from search.rundir import RunDir
+from search.stages import dpo, export, heldout, mtbench, optimize, report
+from search.stages.base import StageContext, StageInterrupted
 
-__all__ = ["STAGES", "StageInterrupted", "run_pipeline"]
+__all__ = ["STAGES", "StageContext", "StageInterrupted", "check_run", "owner_problems", "run_pipeline",
+           "stage_names"]
 
-class StageInterrupted(KeyboardInterrupt):
-    """A stage stopped early (Ctrl-C): its marker is not written, the next run resumes it."""
-
-
-@dataclass(frozen=True)
-class _Context:
-    cfg: RunConfig
-    run: RunDir
-    address: str | None
-    progress: bool
-
-
-def _say(msg: str) -> None:
-    print(f"[merge-search run] {msg}", file=sys.stderr, flush=True)
+# The pipeline, in order: adding a stage is one module with the stage contract and one entry here.
+STAGES = (optimize, heldout, export, dpo, mtbench, report)
 
 
-# ------------------------------------------------------------------------------------------------ stages
+def stage_names() -> tuple[str, ...]:
+    """The stages' names in pipeline order (markers, ``from_stage``/``only`` values)."""
+    return tuple(s.NAME for s in STAGES)
 
 
-def _stage_search(ctx: _Context) -> None:
-    summary = search.run_search(ctx.cfg, ctx.run.root, address=ctx.address, progress=ctx.progress, check=False)
-    if summary.interrupted:
-        raise StageInterrupted("search")
+def _stage(name: str):
+    return next(s for s in STAGES if s.NAME == name)
 
 
-def _stage_heldout(ctx: _Context) -> None:
-    heldout.evaluate_models(ctx.cfg, ctx.run.root, run=ctx.run.root, top_k=ctx.cfg.pipeline.top_k,
-                            log=lambda m: _say(str(m)))
+def _section_stages() -> dict[str, str]:
+    """``{config section: the first stage that reads it}``."""
+    return {section: s.NAME for s in STAGES for section in s.SECTIONS}
 
 
-def _stage_export(ctx: _Context) -> None:
-    study = load_study(ctx.run.root)
-    trial = export.winner(study)
-    if len(study.directions) > 1:
-        _say(f"multi-objective: exporting trial {trial.number}, the feasible trial with the best primary value "
-             f"{trial.values[0]:.4f} (secondary {trial.values[1]:.4f})")
-    export.export_trial(study, trial, ctx.run.best_yaml)
+# ------------------------------------------------------------------------------------------------ checks
 
 
-def _stage_dpo(ctx: _Context) -> None:
-    dpo.require_data(ctx.cfg.dpo)
-    out = ctx.run.dpo
-    shutil.rmtree(out.root, ignore_errors=True)  # an unfinished attempt (no marker): start the stage afresh
-    remerge(ctx.run.best_record(), out=out.base)
-    dpo.run_dpo(ctx.cfg.dpo, out.base, out.root, threads=ctx.cfg.objective.threads)  # ends with its own summary line
+def owner_problems(cfg: RunConfig, run: RunDir, *, redo: str | None = None) -> list[str]:
+    """A run folder made by another config: keys of the first stage's sections (what the study holds) are
+    refused always; keys of a later stage's sections need ``redo`` (the first stage re-run) at or before the
+    first stage that reads them. Keys of how much is run (:data:`~search.preflight.RESOURCE_KEYS`) never count."""
+    if not run.resolved_config.is_file():
+        return []
+    old = yaml.safe_load(run.resolved_config.read_text(encoding="utf-8"))
+    keys = [k for k in config_diff(old, as_read_back(cfg)) if k not in RESOURCE_KEYS]
+    names, owner = stage_names(), _section_stages()
+    first = names[0]
+    where = f"run folder {str(run.root)!r} was made with a different config (see its {run.resolved_config.name})"
+    study_keys = [k for k in keys if owner.get(k.split(".")[0], first) == first]
+    if study_keys:
+        return [f"{where}: {_keys(study_keys)} differ, which changes what its study holds: use another run folder"]
+    later = sorted({owner[k.split(".")[0]] for k in keys}, key=names.index)
+    if later and (redo is None or names.index(redo) > names.index(later[0])):
+        return [f"{where}: {_keys(keys)} differ: re-run from stage {later[0]!r} (the stages they affect), or use "
+                "another run folder"]
+    return []
 
 
-def _stage_mtbench(ctx: _Context) -> None:
-    mtbench.run_mtbench_stage(ctx.cfg, ctx.run, log=_say)
+def _keys(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
 
 
-def _stage_report(ctx: _Context) -> None:
-    report.write_report(ctx.run.root, load_study(ctx.run.root))
+def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, *, address: str | None = None,
+              redo: str | None = None) -> None:
+    """Every problem of running ``stages`` (default: all) of ``cfg`` into ``run``, as one
+    :class:`~objectives.errors.UserError`, before anything is created: the run folder (writable, not inside a
+    source, owned by this config), the Ray address, the devices, and each selected stage's ``problems``."""
+    names = list(stages or stage_names())
+    problems = owner_problems(cfg, run, redo=redo)
+    problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
+    problems += ray_problems(address) + device_problems(cfg, address)
+    for name in names:
+        problems += _stage(name).problems(cfg, run)
+    raise_problems(problems, f"cannot run {cfg.name!r}")
 
 
-STAGE_FUNCS: dict[str, Callable[[_Context], None]] = {
-    "search": _stage_search, "heldout": _stage_heldout, "export": _stage_export,
-    "dpo": _stage_dpo, "mtbench": _stage_mtbench, "report": _stage_report,
-}
-
-
-# ------------------------------------------------------------------------------------------------ driver
+# ------------------------------------------------------------------------------------------------ running
 
 
 def _selected(from_stage: str | None, only: str | None) -> list[str]:
+    names = stage_names()
     if from_stage and only:
-        raise UserError("--from and --only exclude each other: pass one of them")
-    for name, value in (("--from", from_stage), ("--only", only)):
-        if value is not None and value not in STAGES:
-            raise UserError(f"{name} {value!r} is not a stage: use one of {list(STAGES)}")
+        raise UserError("from_stage and only exclude each other: give one of them")
+    for what, value in (("from_stage", from_stage), ("only", only)):
+        if value is not None and value not in names:
+            raise UserError(f"{what} {value!r} is not a stage: use one of {list(names)}")
     if only:
         return [only]
-    return list(STAGES[STAGES.index(from_stage):]) if from_stage else list(STAGES)
+    return list(names[names.index(from_stage):]) if from_stage else list(names)
 
 
 def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stage: str | None = None,
@@ -114,41 +123,40 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
 
     ``progress``: the search's live view (default: when stderr is a terminal). Raises
     :class:`StageInterrupted` (a ``KeyboardInterrupt``) when a stage was stopped; the next call resumes it."""
-    stages = _selected(from_stage, only)
-    run = RunDir(Path(run_dir) if run_dir is not None else Path("results") / cfg.name)
-    missing = [s for s in STAGES[: STAGES.index(stages[0])] if not run.marker(s).is_file()]
+    selected = _selected(from_stage, only)
+    names = stage_names()
+    run = RunDir.of(run_dir, cfg.name)
+    missing = [s for s in names[: names.index(selected[0])] if not run.marker(s).is_file()]
     if missing:
-        raise UserError(f"stage {stages[0]!r} needs {missing} first: run without --only, or with --from {missing[0]}")
-    ensure_world(cfg)  # the demo world's models are inputs the checks read
-    redo = stages[0] if (from_stage or only) else None
-    raise_problems(run_problems(cfg, run, address=address, redo=redo) + stage_input_problems(cfg, stages),
-                   f"cannot run {cfg.name!r}")
+        raise UserError(f"stage {selected[0]!r} needs {missing} done first: run the whole pipeline, or re-run "
+                        f"from stage {missing[0]!r}")
+    redo = selected[0] if (from_stage or only) else None
+    check_run(cfg, run, selected, address=address, redo=redo)
     run.root.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, run.resolved_config)
+    ctx = StageContext(address=address, progress=sys.stderr.isatty() if progress is None else progress,
+                       redo=redo is not None)
     if redo:
-        for stage in stages:
-            run.marker(stage).unlink(missing_ok=True)
-        for scores in run.mtbench.glob(f"*/{SCORES_FILE}") if "mtbench" in stages else ():
-            scores.unlink()  # re-judged; answers asked with the same settings come from the stage's cache
-    ctx = _Context(cfg, run, address, sys.stderr.isatty() if progress is None else progress)
-    for stage in stages:
-        _run_stage(ctx, stage)
+        for name in selected:
+            run.marker(name).unlink(missing_ok=True)
+    for name in selected:
+        _run_stage(cfg, run, ctx, name)
     return run
 
 
-def _run_stage(ctx: _Context, stage: str) -> None:
-    marker = ctx.run.marker(stage)
+def _run_stage(cfg: RunConfig, run: RunDir, ctx: StageContext, name: str) -> None:
+    marker = run.marker(name)
     if marker.is_file():
-        _say(f"{stage}: done already ({marker}), skipped")
+        ctx.log(f"{name}: done already ({marker}), skipped")
         return
-    _say(f"{stage}: starting")
+    ctx.log(f"{name}: starting")
     t0 = time.time()
     try:
-        STAGE_FUNCS[stage](ctx)
+        _stage(name).run(cfg, run, ctx)
     except StageInterrupted:
-        _say(f"{stage}: interrupted; run the same command again to resume")
+        ctx.log(f"{name}: interrupted; run the same command again to resume")
         raise
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"stage": stage, "seconds": round(time.time() - t0, 1),
+    marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1),
                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n", encoding="utf-8")
-    _say(f"{stage}: done in {time.time() - t0:.0f} s")
+    ctx.log(f"{name}: done in {time.time() - t0:.0f} s")

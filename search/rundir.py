@@ -17,8 +17,8 @@ through :class:`TrialRecord`.
     RUN/report.md, plots/           the report
     RUN/stages/<stage>.json         completion markers of ``merge-search run``
 
-Records: :class:`StageReport` is what a trial worker returns after one fidelity stage (the driver stores it on
-the trial as user attributes, :meth:`StageReport.user_attrs`); :class:`TrialRecord` is what later stages read
+Records: :class:`TrialAttr` names every user attribute a trial carries (set by the driver, and from a worker's
+:class:`search.driver.RungReport` after each rung); :class:`TrialRecord` is what later stages read
 back from a trial or from ``best.json`` (recipe, merge seed, device, threads, ``weights_sha256``, scores):
 :func:`search.merge.export.remerge` turns one back into the scored weights.
 """
@@ -36,10 +36,8 @@ from objectives.schema import load_json
 __all__ = [
     "STAGES",
     "DPOOutputs",
-    "MergeInfo",
     "RunDir",
     "RunManifest",
-    "StageReport",
     "TrialAttr",
     "TrialRecord",
 ]
@@ -61,7 +59,7 @@ class TrialAttr:
     RECIPE = "recipe"  # the trial's mergekit YAML
     RECIPE_ARTIFACT = "recipe_artifact_id"
     ITEMS = "items_evaluated"
-    STAGE = "stage"
+    RUNG = "rung"  # last rung of successive halving reached (trials of studies before the rename: "stage")
     TRIAL_SECONDS = "trial_seconds"
     WEIGHTS_SHA256 = "weights_sha256"
     MERGE_SECONDS = "merge_seconds"
@@ -75,66 +73,12 @@ class TrialAttr:
     SECONDARY = "secondary"
     STARTED = "started"
     ENDED = "ended"
-    ESTIMATE = "estimate"  # {"value", "stderr", "items", "tasks"}: full-subset estimate after the last stage run
+    ESTIMATE = "estimate"  # {"value", "stderr", "items", "tasks"}: full-subset estimate after the last rung run
     STUDY_WARM_ENQUEUED = "warm_start_enqueued"  # a *study* attribute: hand recipes were enqueued
     STUDY_CONFIG = "merge_search_config"  # a *study* attribute: the config keys that decide what its trials mean
 
 
 # ------------------------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True)
-class MergeInfo:
-    """How a trial's candidate was merged: what an export needs to reproduce the scored weights."""
-
-    weights_sha256: str | None
-    seconds: float
-    device: str
-    threads: int
-
-
-@dataclass(frozen=True)
-class StageReport:
-    """What a trial worker returns after one fidelity stage.
-
-    ``value`` is the objective value (a list for two objectives); ``items`` the items evaluated so far (the
-    pruner's step); ``constraints`` Optuna constraint values (``<= 0`` feasible), set when the trial ends;
-    ``merge`` is set on the stage that merged the candidate (the first one a worker ran for the trial).
-    """
-
-    value: float | list[float]
-    items: int
-    scores: dict[str, float] = field(default_factory=dict)
-    stderr: dict[str, float] = field(default_factory=dict)
-    items_per_task: dict[str, int] = field(default_factory=dict)
-    eval_seconds: float = 0.0
-    violations: list[str] = field(default_factory=list)
-    secondary: float | None = None
-    constraints: dict[str, float] = field(default_factory=dict)
-    merge: MergeInfo | None = None
-    started: float | None = None  # wall-clock span of a simulated stage (tests of the driver's overlap)
-    ended: float | None = None
-    busy_seconds: float = 0.0  # set by the actor around the worker call
-    estimate: dict[str, Any] | None = None  # full-subset estimate (objective.selection: informative)
-    pruner_value: float | None = None  # what the pruner sees instead of ``value`` (objective.estimate)
-
-    def user_attrs(self) -> dict[str, Any]:
-        """The trial user attributes this report sets (JSON values)."""
-        out: dict[str, Any] = {TrialAttr.SCORES: self.scores, TrialAttr.STDERR: self.stderr,
-                               TrialAttr.ITEMS_PER_TASK: self.items_per_task,
-                               TrialAttr.EVAL_SECONDS: round(self.eval_seconds, 3),
-                               TrialAttr.VIOLATIONS: self.violations}
-        if self.secondary is not None:
-            out[TrialAttr.SECONDARY] = self.secondary
-        if self.merge is not None:
-            out.update({TrialAttr.WEIGHTS_SHA256: self.merge.weights_sha256,
-                        TrialAttr.MERGE_SECONDS: round(self.merge.seconds, 3),
-                        TrialAttr.MERGE_DEVICE: self.merge.device, TrialAttr.MERGE_THREADS: self.merge.threads})
-        if self.estimate is not None:
-            out[TrialAttr.ESTIMATE] = self.estimate
-        if self.started is not None:
-            out.update({TrialAttr.STARTED: self.started, TrialAttr.ENDED: self.ended})
-        return out
 
 
 @dataclass(frozen=True)
@@ -144,7 +88,9 @@ class TrialRecord:
     ``recipe`` is the mergekit YAML text; ``seed``, ``merge_device`` and ``merge_threads`` reproduce the DARE
     masks and CPU reduction order; ``weights_sha256`` (when known) is what a re-merge must hash to. A trial
     recorded without a merge device (a study written by hand or by another tool) is taken as merged on the CPU,
-    and one without a thread count as merged with torch's current count.
+    and one without a thread count as merged with torch's current count. ``parsed`` is ``recipe`` parsed and
+    validated (a :class:`search.merge.Recipe`), once something built it (:func:`search.merge.record_of`,
+    :func:`search.merge.with_recipe`): a re-merge uses it instead of parsing the text again.
     """
 
     recipe: str
@@ -161,6 +107,7 @@ class TrialRecord:
     items_evaluated: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     label: str = ""  # how error messages name the record ("trial 7", "best.yaml", ...)
+    parsed: Any = field(default=None, compare=False, repr=False)  # search.merge.Recipe of ``recipe``, or None
 
     @classmethod
     def from_trial(cls, trial, study_name: str | None = None) -> TrialRecord:
@@ -169,7 +116,7 @@ class TrialRecord:
         if not ua.get(TrialAttr.RECIPE) or ua.get(TrialAttr.SEED) is None:
             raise UserError(f"trial {trial.number} has no recorded recipe and seed (user attributes "
                             f"{TrialAttr.RECIPE!r}, {TrialAttr.SEED!r}): it cannot be re-merged or exported; "
-                            "pick another --trial")
+                            "pick another trial")
         values = trial.values
         return cls(recipe=ua[TrialAttr.RECIPE], seed=int(ua[TrialAttr.SEED]),
                    merge_device=ua.get(TrialAttr.MERGE_DEVICE) or cls.merge_device,
@@ -180,15 +127,6 @@ class TrialRecord:
                    items_evaluated=ua.get(TrialAttr.ITEMS), params=dict(trial.params),
                    label=f"trial {trial.number}")
 
-    def recipe_dict(self) -> dict[str, Any]:
-        """The recipe as a mapping (what mergekit validates)."""
-        import yaml
-
-        data = yaml.safe_load(self.recipe)
-        if not isinstance(data, dict):
-            raise UserError(f"{self.label or 'recipe'}: the recorded recipe is not a YAML mapping: it cannot be merged")
-        return data
-
     def reproduce_command(self, recipe_file: str) -> str:
         """The stock ``mergekit-yaml`` command that re-creates the weights from ``recipe_file``."""
         threads = f"OMP_NUM_THREADS={self.merge_threads} " if self.merge_threads and self.merge_device == "cpu" else ""
@@ -197,7 +135,10 @@ class TrialRecord:
 
     def sidecar(self, recipe_file: str, versions: dict[str, str]) -> dict[str, Any]:
         """The JSON sidecar of an exported recipe (``best.json``): the record without its recipe text."""
-        data = {k: v for k, v in asdict(self).items() if k not in ("recipe", "number", "label")}
+        from dataclasses import replace
+
+        data = {k: v for k, v in asdict(replace(self, parsed=None)).items()
+                if k not in ("recipe", "number", "label", "parsed")}
         return {"trial": self.number, **data, "versions": versions,
                 "reproduce": self.reproduce_command(recipe_file)}
 
@@ -211,7 +152,7 @@ class TrialRecord:
         if not isinstance(side, dict) or "reproduce" not in side or side.get("seed") is None:
             raise UserError(f"{recipe_file.with_suffix('.json')}: not the sidecar of an exported trial (no seed / "
                             "reproduce): export the trial again (merge-search export)")
-        known = {k: side[k] for k in cls.__dataclass_fields__ if k in side}
+        known = {k: side[k] for k in cls.__dataclass_fields__ if k in side and k != "parsed"}
         return cls(**{**known, "recipe": recipe_file.read_text(encoding="utf-8"), "number": side.get("trial"),
                       "label": recipe_file.name})
 
@@ -285,6 +226,11 @@ class RunDir:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, folder: str | Path | None, name: str) -> RunDir:
+        """The run folder ``folder``, or by default ``results/<name>`` (relative to the working directory)."""
+        return cls(Path(folder) if folder is not None else Path("results") / name)
 
     # the study
     @property

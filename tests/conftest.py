@@ -3,6 +3,12 @@
 The world lives in ``results/demo-world`` (git-ignored; the same folder ``make demo`` uses) unless
 ``MERGE_SEARCH_TEST_WORLD`` names another folder. Building it takes about 2-3 minutes on 2 cores; a complete
 world is reused as is.
+
+Two tiers (markers in pyproject.toml): every test that uses a fixture of ``TIER`` below (a world, a Ray
+cluster, a service) is marked ``slow`` plus the fixture's own marker (``world``, ``ray``, ``service``) at
+collection; ``make test-fast`` runs ``-m "not slow"`` (no world build, no Ray, no services, under 3 minutes),
+``make test`` runs everything. Tests never install system packages: ``.ci/run`` installs PostgreSQL and
+Chromium first, and without them their tests skip with a one-line reason.
 """
 
 from __future__ import annotations
@@ -20,6 +26,25 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+# No test reaches the Hugging Face Hub: set before any test imports huggingface_hub/datasets (which read these at
+# import), so a missing dataset fails at once instead of after ~23 s of HTTP retries per dataset.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+# fixture -> the tier marker a test using it gets (plus ``slow``); module-local fixtures count by their name
+TIER = {"world": "world", "seedlike_world": "world", "ray_local": "ray", "cluster": "ray", "job_server": "ray",
+        "postgres": "service"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test using a ``TIER`` fixture (or marked ``world``/``ray``/``service`` by hand) ``slow``."""
+    for item in items:
+        kinds = {TIER[name] for name in item.fixturenames if name in TIER}
+        for kind in sorted(kinds):
+            item.add_marker(kind)
+        if kinds or any(item.get_closest_marker(m) for m in set(TIER.values())):
+            item.add_marker("slow")
 
 
 @pytest.fixture(scope="session")
@@ -103,16 +128,10 @@ def _pg_bin() -> Path | None:
 
 
 def _ensure_postgres() -> Path:
-    """The folder of PostgreSQL's server programs; Debian's ``postgresql`` is installed when missing (as root)."""
+    """The folder of PostgreSQL's server programs; the test skips when it is not installed (never installs it)."""
     found = _pg_bin()
-    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        install = ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]
-        if subprocess.run(install, check=False, capture_output=True, timeout=900).returncode != 0:
-            subprocess.run(["apt-get", "update"], check=False, capture_output=True, timeout=600)
-            subprocess.run(install, check=False, capture_output=True, timeout=900)
-        found = _pg_bin()
     if found is None:
-        pytest.skip("PostgreSQL is not installed and cannot be installed here (apt-get install -y postgresql)")
+        pytest.skip("PostgreSQL not installed: apt-get install postgresql (.ci/run does)")
     return found
 
 

@@ -24,7 +24,7 @@ def ray_port_args() -> list[str]:
 
 
 def write_config(world, path: Path, name: str = "t", objective: dict | None = None, **search) -> Path:
-    """A demo-world run config (absolute paths) with small fidelity stages: 20 then 40 items per task;
+    """A demo-world run config (absolute paths) with small rungs: 20 then 40 items per task;
     ``objective`` updates the objective section."""
     data = {
         "name": name,
@@ -35,7 +35,7 @@ def write_config(world, path: Path, name: str = "t", objective: dict | None = No
                   "merge_method": "dare_ties", "parameters": {"int8_mask": True}, "dtype": "float32"},
         "objective": {"include_paths": [str(world.include_path)], "include_defaults": False,
                       "tasks": [{"name": t, "subset": 40} for t in world.tasks["search"].values()],
-                      "stages": [20, "all"], "batch_size": 32},
+                      "rungs": [20, "all"], "batch_size": 32},
         "search": {"workers": 2, "n_trials": 4, "pruner": "none", "n_startup_trials": 2, **search},
     }
     data["objective"].update(objective or {})

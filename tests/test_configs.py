@@ -38,7 +38,7 @@ def test_config_validates(path, world, monkeypatch):
         assert MergeConfiguration.model_validate(data).merge_method
     elif k == "dpo":
         from objectives.schema import validate
-        from search.stages.dpo_config import DPOStageConfig
+        from search.dpo_config import DPOStageConfig
 
         validate(DPOStageConfig, data["dpo"], str(path))
     else:
@@ -51,3 +51,17 @@ def test_config_validates(path, world, monkeypatch):
         assert check_config(cfg.objective) == []
         for r in cfg.recipes:
             params_from_recipe(cfg.space, r)  # hand recipes lie inside the search space
+
+
+def test_the_old_stages_key_is_one_error_naming_rungs_beside_the_other_sections_errors():
+    from objectives.errors import UserError
+    from objectives.schema import validate
+    from search.config import RunConfig
+
+    data = {"name": "x", "space": {"base_model": "a/b", "models": [{"model": "c/d"}]},
+            "objective": {"tasks": [{"name": "arc_de"}], "stages": [50, "all"]}, "search": {"n_trails": 3}}
+    with pytest.raises(UserError) as e:
+        validate(RunConfig, data, "c.yaml")
+    msg = str(e.value)
+    assert "2 config error(s)" in msg and msg.count("stages") == 1 and "search.n_trails" in msg
+    assert "objective: `stages` was renamed to `rungs` (objective.rungs:" in msg

@@ -31,10 +31,21 @@ def rel(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
+CLI_MODULES = ("search/cli/", "demoworld/cli.py")  # the CLI and its one plugin command (demo-world)
+
+
 def test_only_the_cli_imports_argparse_or_the_cli():
-    offenders = [rel(p) for p in sources(*PACKAGES) if not rel(p).startswith("search/cli/")
+    offenders = [rel(p) for p in sources(*PACKAGES) if not rel(p).startswith(CLI_MODULES)
                  for mod, names in imports(p)
                  if mod == "argparse" or mod.startswith("search.cli") or (mod == "search" and "cli" in names)]
+    assert offenders == []
+
+
+def test_the_product_never_imports_the_demo():
+    """search/ and objectives/ import nothing of demoworld/, not even inside a function (the CLI finds the
+    demo-world command as an entry-point plugin)."""
+    offenders = [f"{rel(p)}: {mod}" for p in sources("search", "objectives") for mod, _ in imports(p)
+                 if mod.split(".")[0] == "demoworld"]
     assert offenders == []
 
 
@@ -86,3 +97,21 @@ def test_the_package_exports_what_it_lists():
 
     for module in (search, search.driver, search.merge):
         assert [n for n in module.__all__ if not hasattr(module, n)] == []
+
+
+# The driver knows Optuna and Ray, not merges: a trial's work is its worker's (search.stages.trial_worker).
+DRIVER_MAY_IMPORT = ("search.driver", "search.rundir", "objectives.errors", "objectives.schema")
+
+
+def test_the_driver_imports_no_merge_objective_or_stage_code():
+    found = [f"{rel(p)}: {mod}" for p in sources("search/driver") for mod, _ in imports(p)
+             if mod.split(".")[0] in PACKAGES + ("mergekit", "lm_eval", "torch", "transformers")
+             and not mod.startswith(DRIVER_MAY_IMPORT)]
+    assert found == []
+
+
+def test_test_doubles_are_imported_by_tests_and_benches_only():
+    found = [rel(p) for p in sources(*PACKAGES) if rel(p) != "search/driver/testing.py"
+             for mod, names in imports(p) if mod == "search.driver.testing" or
+             (mod == "search.driver" and "testing" in names)]
+    assert found == []

@@ -12,7 +12,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from search.pipeline import STAGES
+from search.pipeline import stage_names
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -21,16 +21,14 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def reduced_config(world, tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    root = world.root
     cfg["name"] = "pipe"
-    cfg["world"] = {"path": str(root), "seed": world.seed}
     cfg["space"]["base_model"] = str(world.base)
     for m in cfg["space"]["models"]:
         m["model"] = str(world.experts[m["name"]])
     cfg["objective"]["include_paths"] = [str(world.include_path)]
     for t in cfg["objective"]["tasks"]:
         t["subset"] = 60
-    cfg["objective"]["stages"] = [30, "all"]
+    cfg["objective"]["rungs"] = [30, "all"]
     cfg["search"] = {**cfg.get("search", {}), "n_trials": 5, "workers": 1, "n_startup_trials": 3}
     cfg["dpo"] = {**cfg.get("dpo", {}), "data": {"train": str(world.preferences["train"]),
                                                  "heldout": str(world.preferences["test"])}}
@@ -70,7 +68,7 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     assert kept == before  # completed trials were kept as they were, not re-run
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 5
 
-    for stage in STAGES:
+    for stage in stage_names():
         assert (run / "stages" / f"{stage}.json").is_file(), stage
     for rel in ["study.db", "resolved.yaml", "best.yaml", "best.json", "heldout.json", "heldout.md",
                 "dpo/metrics.json", "dpo/loss.png", "dpo/model/config.json", "mtbench/comparison.md",
@@ -90,7 +88,7 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     n_trials = len(after)
     res = run_cmd(config, run)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stderr.count("skipped") == len(STAGES)
+    assert res.stderr.count("skipped") == len(stage_names())
     assert len(trials(run)) == n_trials
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 

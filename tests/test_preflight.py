@@ -12,7 +12,8 @@ import yaml
 
 from objectives.schema import validate
 from search.config import RunConfig, load_run_config, save_run_config
-from search.preflight import config_diff, output_problems, owner_problems, ray_problems, storage_problems
+from search.pipeline import owner_problems
+from search.preflight import config_diff, output_problems, ray_problems, storage_problems
 from search.rundir import RunDir
 
 BASE = {"name": "t", "space": {"base_model": "b", "models": [{"model": "x"}, {"model": "y"}]},
@@ -34,26 +35,30 @@ def test_owner_problems_by_section(tmp_path):
     assert owner_problems(cfg(), run) == []
     assert owner_problems(cfg(search={"n_trials": 99, "workers": 8}), run) == []  # more of the same search
     [study] = owner_problems(cfg(seed=3), run, redo="search")  # what the study holds: never, not even redone
-    assert "seed differ" in study and "another --out" in study
+    assert "seed differ" in study and "another run folder" in study
     [later] = owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run)
-    assert "dpo.train.max_steps" in later and "--from dpo" in later
+    assert "dpo.train.max_steps" in later and "re-run from stage 'dpo'" in later
     assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="dpo") == []
     assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="heldout") == []
     assert owner_problems(cfg(dpo={"train": {"max_steps": 3}}), run, redo="mtbench") != []  # too late to take it
-    assert "--from heldout" in owner_problems(cfg(pipeline={"top_k": 1}), run)[0]
+    assert "from stage 'heldout'" in owner_problems(cfg(pipeline={"top_k": 1}), run)[0]
     assert owner_problems(cfg(seed=3), RunDir(tmp_path / "new")) == []  # a new folder has no owner yet
 
 
 def test_a_key_added_to_the_schema_later_keeps_older_run_folders_their_configs_own(tmp_path):
     run = RunDir(tmp_path)
-    old = cfg(world={"path": "w"})
+    old = cfg()
     save_run_config(old, run.resolved_config)
     stored = yaml.safe_load(run.resolved_config.read_text())
-    del stored["world"]["kind"], stored["dpo"]["lora"]["trainable_tokens"]  # as a folder of an older version
+    del stored["dpo"]["lora"]["trainable_tokens"]  # as a folder of an older version
+    stored["world"] = {"path": "w", "seed": 0}  # a section the schema no longer has
+    stored["objective"]["stages"] = stored["objective"].pop("rungs")  # a key renamed since
     run.resolved_config.write_text(yaml.safe_dump(stored))
-    assert owner_problems(old, run) == []  # the new keys hold their defaults: nothing differs
-    [problem] = owner_problems(cfg(world={"path": "w", "kind": "seedlike"}), run)
-    assert "world.kind differ" in problem
+    assert owner_problems(old, run) == []  # defaults, removed sections and renamed keys: nothing differs
+    [problem] = owner_problems(cfg(dpo={"lora": {"trainable_tokens": "none"}}), run)
+    assert "dpo.lora.trainable_tokens differ" in problem
+    [problem] = owner_problems(cfg(objective={"tasks": [{"name": "a"}], "rungs": [10, "all"]}), run)
+    assert "objective.rungs differ" in problem
 
 
 def test_storage_problems(tmp_path):
@@ -123,7 +128,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, text, expected):
 def test_a_study_records_its_config_and_refuses_another(tmp_path):
     import optuna
 
-    from search.preflight import study_fingerprint, study_owner_problems
+    from search.stages.optimize import study_fingerprint, study_owner_problems
     from search.rundir import TrialAttr
 
     url = f"sqlite:///{tmp_path / 'shared.db'}"

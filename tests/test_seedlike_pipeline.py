@@ -19,7 +19,6 @@ BIN = Path(sys.executable).parent
 
 def _config(world, tmp_path: Path) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / "seedlike.yaml").read_text())
-    cfg["world"] = {"path": str(world.root), "seed": world.seed, "kind": "seedlike"}
     cfg["space"]["base_model"] = str(world.base)
     for m in cfg["space"]["models"]:
         m["model"] = str(world.experts[m["name"]])

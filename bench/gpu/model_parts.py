@@ -48,7 +48,7 @@ def write_tasks(root: Path, items: int) -> list[str]:
 
 
 def objective(include: Path, names: list[str], batch_size: int):
-    """The project's ``Objective`` over the generated tasks, every item in one stage."""
+    """The project's ``Objective`` over the generated tasks, every item in one rung."""
     from objectives.config import ObjectiveConfig
     from objectives.objective import Objective
 
@@ -98,7 +98,7 @@ def save_random_model(folder: Path, tok, shape: str, device: str) -> str:
 def dpo_config(train: Path, heldout: Path, device: str, quick: bool, steps: int):
     """The project's ``dpo:`` section: its defaults (QLoRA NF4 on CUDA, LoRA q/v, batch 8 x grad-accum 4),
     ``steps`` optimizer steps; --quick: batch 2 x 1."""
-    from search.stages.dpo_config import DPOStageConfig
+    from search.dpo_config import DPOStageConfig
 
     t = {"max_steps": steps, "logging_steps": 1}
     if quick:

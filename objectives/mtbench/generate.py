@@ -42,7 +42,7 @@ def _use_template(tokenizer, chat_template: str | None) -> bool:
         return False
     if chat_template is None:
         raise UserError("the model's tokenizer has no chat template: set mtbench.chat_template (chatml, a Jinja "
-                        "template or a .jinja file; `mtbench run --chat-template`)")
+                        "template or a .jinja file)")
     return True
 
 

@@ -60,7 +60,7 @@ class HttpJudge:
         if reply.startswith(ERROR_REPLY):
             raise UserError(f"the judge at {self.settings.base_url} did not answer a probe request "
                             f"({reply[len(ERROR_REPLY):].strip()}): check judge.base_url, judge.model and the key, "
-                            "or pass --no-judge-probe")
+                            "or turn the probe off (mtbench.judge.probe: false)")
 
 
 class LocalJudge:

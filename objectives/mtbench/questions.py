@@ -18,7 +18,17 @@ from typing import Any
 
 from objectives.errors import UserError
 
-__all__ = ["Keywords", "Question", "load_questions", "questions_from_records"]
+__all__ = ["Keywords", "Question", "load_questions", "questions_from_records", "source_problems"]
+
+
+def source_problems(source: str | None) -> list[str]:
+    """A question source that cannot be loaded: none given, or a local file that does not exist (a dataset id
+    is checked when it loads)."""
+    if source is None:
+        return ["mtbench.questions is not set: give a question file (FastEval .json, FastChat .jsonl) or a dataset id"]
+    if (source.startswith((".", "/", "~")) or Path(source).suffix) and not Path(source).expanduser().is_file():
+        return [f"mtbench.questions {source!r} does not exist: give a question file or a dataset id"]
+    return []
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from objectives.mtbench.generate import ChatModel, generate_answers, read_answer
 from objectives.mtbench.judges import judge_answers, judge_scope, make_judge
 from objectives.mtbench.prompts import builtin_prompts, load_prompts
 from objectives.mtbench.questions import load_questions
+from objectives.mtbench.questions import source_problems as question_problems
 from objectives.mtbench.scores import compute_scores
 from objectives.templates import template_tokens
 
@@ -42,8 +43,8 @@ def write_json(path: Path, data) -> None:
 def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | None = None, model_id: str = "model",
                 answers_path: str | Path | None = None) -> dict:
     """Answer (with ``model``) or reuse ``answers_path``, judge, score; returns the scores dict."""
-    if cfg.questions is None:
-        raise UserError("mtbench.questions is not set: pass --questions FILE (FastEval .json, FastChat .jsonl or a dataset id)")
+    for problem in question_problems(cfg.questions):
+        raise UserError(problem)
     if (model is None) == (answers_path is None):
         raise UserError("mtbench run needs exactly one of a model to answer with or an existing answers file")
     out = Path(out_dir)

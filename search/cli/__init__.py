@@ -2,7 +2,10 @@
 
 Each module of this package exposes ``register(subparsers)`` which adds its parser and sets ``func`` to a
 callable taking the parsed namespace and returning an exit code; the callable parses, validates and calls the
-library (:mod:`search`), nothing more. Nothing outside this package imports it. A
+library (:mod:`search`), nothing more. Nothing outside this package imports it, except a plugin. Other packages
+add sub-commands as plugins: an entry point in the group :data:`PLUGIN_GROUP` naming their ``register`` function
+(``demo-world`` is :mod:`demoworld.cli`'s, which uses :mod:`search.cli.types`); a plugin that fails to load is
+left out with one warning line on stderr. A
 :class:`~objectives.errors.UserError` becomes one ``merge-search: error: ...`` line on stderr and exit code 2
 (``--debug``: the traceback too).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -25,14 +29,14 @@ __all__ = ["build_parser", "main"]
 # break the others. Order is the order shown in ``--help``.
 COMMAND_MODULES = [
     "search.cli.run",  # run: every stage in order
-    "search.cli.world",  # demo-world build | report
-    "search.cli.search",  # search, dashboard, export
+    "search.cli.study",  # search, dashboard, export
     "search.cli.merge",  # merge, hash
     "search.cli.evaluate",
     "search.cli.dpo",
     "search.cli.mtbench",
     "search.cli.configref",
 ]
+PLUGIN_GROUP = "merge_search.commands"  # entry points: name = "package.module:register", shown after the above
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,7 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _register_plugins(sub)
     return parser
+
+
+def _register_plugins(sub) -> None:
+    """Each installed entry point of :data:`PLUGIN_GROUP`, by name; one that fails is skipped with a warning."""
+    seen = set()
+    for ep in sorted(importlib.metadata.entry_points(group=PLUGIN_GROUP), key=lambda e: (e.name, e.value)):
+        if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
+            continue
+        seen.add((ep.name, ep.value))
+        try:
+            ep.load()(sub)
+        except Exception as err:  # a broken plugin must not break the other commands
+            reason = " ".join(str(err).split())  # one line
+            print(f"merge-search: warning: command plugin {ep.name!r} ({ep.value}) not loaded: "
+                  f"{type(err).__name__}: {reason}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,23 +7,22 @@ from pathlib import Path
 
 from objectives.errors import UserError
 from search.cli import types
-from search.merge import load_recipe, record_of, remerge
-from search.merge.sources import model_folder_problems
-from search.preflight import local_models, output_problems, raise_problems
+from search.merge import Recipe, record_of
+from search.preflight import local_models, raise_problems
 from search.rundir import DPOOutputs
-from search.stages.dpo import load_dpo_config, require_data, run_dpo
+from search.stages.dpo import load_dpo_config, merge_base, run_dpo, standalone_problems
 
 __all__ = ["register"]
 
 
-def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int) -> Path:
+def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int, recipe: Recipe | None) -> Path:
     """The DPO base: ``--recipe`` re-merged into ``OUT/base`` (hash-checked with ``--weights-sha256``), else
     ``--model`` or ``dpo.model``."""
     if args.recipe:
         seed = args.seed if args.seed is not None else run_seed
-        record = record_of(args.recipe, seed=seed, device=args.merge_device, threads=args.merge_threads,
+        record = record_of(recipe, seed=seed, device=args.merge_device, threads=args.merge_threads,
                            weights_sha256=args.weights_sha256)
-        res = remerge(record, out=out.base)
+        res = merge_base(record, out)
         print(f"re-merged {args.recipe} (seed {seed}) -> {out.base} weights_sha256 {res.weights_sha256}")
         return out.base
     if args.model or cfg.model:
@@ -31,27 +30,24 @@ def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int) -> Path
     raise UserError("no DPO base model: pass --model DIR, --recipe FILE.yaml, or set dpo.model in the config")
 
 
-def _check(args: argparse.Namespace, cfg, out: DPOOutputs) -> None:
-    """Every problem of the inputs and the output folder, before anything is merged or written."""
-    if out.metrics.exists():
-        raise UserError(f"--out {str(out.root)!r} already holds a DPO run ({out.metrics.name}): give a new folder")
+def _check(args: argparse.Namespace, cfg, out: DPOOutputs) -> Recipe | None:
+    """Every problem of the inputs and the output folder, before anything is merged or written; returns the
+    ``--recipe`` (parsed and validated once, re-merged by :func:`_base`)."""
     if (args.weights_sha256 or args.merge_threads or args.seed is not None) and not args.recipe:
         raise UserError("--weights-sha256, --merge-threads and --seed describe the --recipe re-merge: pass --recipe "
                         "too, or drop them")
-    require_data(cfg)
     model = args.model or (None if args.recipe else cfg.model)
-    inputs = local_models([str(m) for m in load_recipe(args.recipe).referenced_models()]) if args.recipe else []
-    problems = model_folder_problems(model, "--model") if model else []
-    problems += output_problems(out.root, what="--out", inputs=inputs + ([model] if model else []),
-                                own=out.names())
-    raise_problems(problems, "dpo")
+    recipe = Recipe.from_file(args.recipe) if args.recipe else None
+    inputs = local_models(recipe.referenced_models()) if recipe else []
+    raise_problems(standalone_problems(cfg, out, model=model, inputs=inputs), "dpo")
+    return recipe
 
 
 def _run(args: argparse.Namespace) -> int:
     cfg, run_seed = load_dpo_config(args.config)
     out = DPOOutputs(Path(args.out or cfg.output_dir))
-    _check(args, cfg, out)
-    metrics = run_dpo(cfg, _base(args, cfg, out, run_seed), out.root)
+    recipe = _check(args, cfg, out)
+    metrics = run_dpo(cfg, _base(args, cfg, out, run_seed, recipe), out.root)
     b, a = metrics["heldout_before"], metrics["heldout_after"]
     print(f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f} "
           f"(margin {b['reward_margin']:.2f} -> {a['reward_margin']:.2f} nats, n={a['n']})")

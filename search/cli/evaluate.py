@@ -1,22 +1,29 @@
-"""``merge-search evaluate``: the held-out stage on its own (:func:`search.stages.heldout.evaluate_models`)."""
+"""``merge-search evaluate``: the held-out stage on its own (:func:`search.stages.heldout.evaluate`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from objectives.errors import UserError
 from search.config import load_run_config
-from search.stages.heldout import evaluate_models
-from search.stages.world import ensure_world
+from search.pipeline import owner_problems
+from search.preflight import raise_problems
+from search.rundir import RunDir
+from search.stages.heldout import evaluate, standalone_problems
 
 __all__ = ["register"]
 
 
 def _cmd(args: argparse.Namespace) -> int:
     cfg = load_run_config(args.config)
-    ensure_world(cfg, quiet=True)
-    out = Path(args.out or args.run or Path("results") / cfg.name)
-    evaluate_models(cfg, out, recipes=args.recipe, run=args.run, top_k=args.top_k)
+    if args.top_k and not args.run:
+        raise UserError("--top-k needs --run RUN (the run folder of `merge-search search`)")
+    if args.run and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1 with --run, but got {args.top_k}")
+    out = RunDir.of(args.out or args.run, cfg.name).root
+    problems = standalone_problems(cfg, out, recipes=args.recipe, study_run=args.run, top_k=args.top_k)
+    raise_problems(problems + owner_problems(cfg, RunDir(out), redo="heldout"), "evaluate")
+    evaluate(cfg, out, recipes=args.recipe, study_run=args.run, top_k=args.top_k)
     return 0
 
 

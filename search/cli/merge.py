@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from search.cli import types
-from search.merge import hash_model_dir, load_recipe, merge_to_dir
+from search.merge import Recipe, hash_model_dir, merge_to_dir
 from search.merge.export import SIDECAR_FILE
 from search.preflight import local_models, output_problems, raise_problems
 
@@ -13,10 +13,11 @@ __all__ = ["register"]
 
 
 def _merge(args: argparse.Namespace) -> int:
-    models = [str(m) for m in load_recipe(args.recipe).referenced_models()]
+    recipe = Recipe.from_file(args.recipe)  # parsed and validated once: merge_to_dir re-merges this value
+    models = recipe.referenced_models()
     raise_problems(output_problems(args.out, what="--out", inputs=local_models(models), marker=SIDECAR_FILE),
                    "merge")
-    meta = merge_to_dir(args.recipe, args.out, seed=args.seed, device=args.device, threads=args.threads)
+    meta = merge_to_dir(recipe, args.out, seed=args.seed, device=args.device, threads=args.threads)
     print(f"merged {args.recipe} (seed {meta['seed']}, {meta['device']}) -> {args.out}")
     print(f"weights_sha256 {meta['weights_sha256']}")
     return 0

@@ -19,7 +19,7 @@ from objectives.mtbench.questions import load_questions
 from objectives.mtbench.run import OUTPUT_NAMES, run_mtbench, write_json
 from objectives.mtbench.scores import compute_scores, load_judge_replies
 from search.cli import types
-from search.merge import load_recipe
+from search.merge import Recipe
 from search.preflight import local_models, output_problems, raise_problems
 from search.stages.mtbench import chat_model, mtbench_config
 
@@ -65,12 +65,20 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def _inputs(source: str | None) -> list[str]:
-    """The local model folders ``--model`` reads (a folder, or the models of a recipe)."""
+def _recipe(source: str | None) -> Recipe | None:
+    """The recipe ``--model`` names (a ``.yaml`` file), parsed and validated once; None for anything else."""
+    if source and not source.startswith(("http://", "https://")) and Path(source).is_file() \
+            and Path(source).suffix in (".yaml", ".yml"):
+        return Recipe.from_file(source)
+    return None
+
+
+def _inputs(source: str | None, recipe: Recipe | None) -> list[str]:
+    """The local model folders ``--model`` reads (a folder, or the models of its ``recipe``)."""
     if not source or source.startswith(("http://", "https://")):
         return []
-    if Path(source).is_file() and Path(source).suffix in (".yaml", ".yml"):
-        return local_models([str(m) for m in load_recipe(source).referenced_models()])
+    if recipe is not None:
+        return local_models(recipe.referenced_models())
     return [source]
 
 
@@ -78,14 +86,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = mtbench_config(args.config, _overrides(args))
     if (args.model is None) == (args.answers is None):
         raise UserError("mtbench run: pass exactly one of --model SOURCE or --answers FILE")
+    if args.model and args.model.startswith(("http://", "https://")) and not args.endpoint_model:
+        raise UserError(f"--model {args.model!r} is an endpoint: also pass --endpoint-model NAME (the model there)")
     name = args.name or (Path(args.model).stem if args.model and not args.model.startswith("http") else
                          args.endpoint_model or "answers")
-    problems = output_problems(args.out, what="--out", inputs=_inputs(args.model), own=OUTPUT_NAMES)
+    recipe = _recipe(args.model)
+    problems = output_problems(args.out, what="--out", inputs=_inputs(args.model, recipe), own=OUTPUT_NAMES)
     problems += [f"--out {args.out!r} would overwrite the input {str(f)!r}: choose another --out"
                  for f in (cfg.questions, args.answers) if f and Path(f).is_file()
                  and Path(f).resolve().parent == Path(args.out).resolve() and Path(f).name in OUTPUT_NAMES]
     raise_problems(problems, "mtbench run")
-    model = chat_model(args.model, cfg, endpoint_model=args.endpoint_model,
+    model = chat_model(recipe or args.model, cfg, endpoint_model=args.endpoint_model,
                        endpoint_api_key_env=args.endpoint_api_key_env, merge_seed=args.merge_seed) \
         if args.model else None
     scores = run_mtbench(cfg, args.out, model=model, model_id=name, answers_path=args.answers)

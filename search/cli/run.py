@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from objectives.errors import UserError
 from search.config import load_run_config
-from search.pipeline import STAGES, run_pipeline
+from search.pipeline import run_pipeline, stage_names
 from search.stages.report import headline
 
 __all__ = ["register"]
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    if args.from_stage and args.only:
+        raise UserError("--from and --only exclude each other: pass one of them")
     run = run_pipeline(load_run_config(args.config), args.out, from_stage=args.from_stage, only=args.only,
                        address=args.address)
     print(f"\nreport: {run.report}")
@@ -26,7 +29,7 @@ def register(subparsers) -> None:
                     "interrupted one. Outputs in --out (default results/<name>).")
     p.add_argument("config", help="run config YAML (configs/demo.yaml, configs/german-7b.yaml, ...)")
     p.add_argument("--out", help="run folder (default: results/<name>)")
-    p.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run this stage and every later one")
-    p.add_argument("--only", choices=STAGES, help="re-run just this stage (earlier ones must be done)")
+    p.add_argument("--from", dest="from_stage", choices=stage_names(), help="re-run this stage and every later one")
+    p.add_argument("--only", choices=stage_names(), help="re-run just this stage (earlier ones must be done)")
     p.add_argument("--address", help="Ray cluster address to join (default: a local Ray)")
     p.set_defaults(func=_cmd)

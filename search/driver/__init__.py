@@ -1,6 +1,10 @@
 """The search engine: the Optuna study (storage, samplers, pruners, ranking, resume), the asynchronous Ray
-driver, its live progress view and the trial workers. Knows nothing of run configs beyond the ``search:``
-section; :mod:`search.stages.search` wires a run config into it."""
+driver, its live progress view and the worker protocol (:class:`RungReport`, :class:`TrialActor`).
+
+It knows Optuna and Ray, not merges: what a trial does is a worker's business (the search stage's
+:class:`search.stages.trial_worker.MergeEvalWorker` merges and scores a candidate), and of the run config it
+reads only the ``search:`` section (:class:`SearchConfig`); :mod:`search.stages.optimize` wires a run config
+into it. Test doubles live in :mod:`search.driver.testing`, which nothing here imports."""
 
 from search.driver.driver import Driver, DriverResult, init_ray, trial_seed
 from search.driver.progress import ProgressView
@@ -19,15 +23,14 @@ from search.driver.study import (
     requeue,
     resolve_storage,
 )
-from search.driver.workers import MergeEvalWorker, SimulatedWorker, TrialActor, WorkerInfo, WorkerSetup
+from search.driver.workers import RungReport, TrialActor, WorkerInfo, WorkerSetup
 
 __all__ = [
     "Driver",
     "DriverResult",
-    "MergeEvalWorker",
     "ProgressView",
+    "RungReport",
     "SearchConfig",
-    "SimulatedWorker",
     "TrialActor",
     "WorkerInfo",
     "WorkerSetup",

@@ -3,12 +3,13 @@
 Contract of a trial worker (the object an actor keeps; it is built once per actor by ``worker_factory()``,
 see :mod:`search.driver.workers`)::
 
-    worker.setup() -> WorkerSetup                   # load source models etc.; called once per actor
-    worker.run_stage(trial_number, params, seed, stage) -> StageReport   # search.rundir.StageReport
+    worker.setup() -> WorkerSetup                   # load models etc.; called once per actor
+    worker.run_rung(trial_number, params, seed, rung) -> RungReport   # search.driver.workers.RungReport
 
-Stages run one after the other on the *same* actor (the merged model stays resident between them). After each
-stage the driver reports the value (or the report's ``pruner_value``, an estimate) with ``step = items`` and
-asks the pruner; a pruned trial is ``PRUNED``. A
+A trial's rungs (fidelity levels of successive halving) run one after the other on the *same* actor (what the
+worker loaded for the trial stays resident between them). After each rung the driver records the report's
+``attrs`` as user attributes, reports the value (or the report's ``pruner_value``, e.g. an estimate) with
+``step = items`` and asks the pruner; a pruned trial is ``PRUNED``. A
 worker that raises fails its trial (reason in the ``fail_reason`` user attribute); a worker process that dies
 fails its trial too and the actor is replaced. Both re-queue the parameters up to ``max_retries`` times; when
 ``max_failures_in_a_row`` trials in a row fail for the same reason (numbers aside), the search cannot succeed:
@@ -37,8 +38,8 @@ from optuna.trial import TrialState
 
 from search.driver.progress import ProgressView
 from search.driver.study import is_feasible, ranked_trials, requeue
-from search.driver.workers import TrialActor, WorkerInfo
-from search.rundir import StageReport, TrialAttr
+from search.driver.workers import RungReport, TrialActor, WorkerInfo
+from search.rundir import TrialAttr
 
 __all__ = ["Driver", "DriverResult", "init_ray", "trial_seed"]
 
@@ -46,7 +47,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def trial_seed(base_seed: int, trial_number: int) -> int:
-    """The merge seed of a fresh trial: a fixed function of the run seed and the trial number."""
+    """The seed of a fresh trial (what its worker gets): a fixed function of the run seed and the trial number."""
     return (base_seed * 1_000_003 + trial_number * 7_919 + 1) % (2**31 - 1)
 
 
@@ -80,7 +81,7 @@ class _Running:
     trial: optuna.Trial
     params: dict
     seed: int
-    stage: int
+    rung: int
     items: int = 0
     started: float = field(default_factory=time.perf_counter)
 
@@ -103,12 +104,12 @@ class DriverResult:
     best_number: int | None = None
     best_value: Any = None
     best_params: dict | None = None
-    best_feasible: bool | None = None  # False: no COMPLETE trial meets objective.constraints
+    best_feasible: bool | None = None  # False: no COMPLETE trial meets its constraints
     stopped: str | None = None  # why the driver gave up (the same failure, trial after trial)
 
     @property
     def busy_fraction(self) -> float:
-        """Share of the workers' ready time spent running trial stages."""
+        """Share of the workers' ready time spent running trial rungs."""
         return self.busy_seconds / self.available_seconds if self.available_seconds else 0.0
 
 
@@ -116,10 +117,10 @@ class Driver:
     """Run trials of ``study`` on ``workers`` Ray actors until ``n_trials`` trials are finished.
 
     ``suggest(trial) -> params`` samples a trial's parameters (it runs in the driver: enqueued parameters are
-    taken as they are). ``describe(params) -> str``, if given, returns the trial's mergekit YAML, stored as the
-    ``recipe`` user attribute and uploaded as an artifact to ``artifact_store``. ``on_submit(number, stage,
-    worker_info)`` is called after each stage is started with the :class:`WorkerInfo` of its actor (tests use
-    it to kill a worker mid-trial).
+    taken as they are). ``describe(params) -> str``, if given, returns the trial's recipe as YAML (the search
+    stage: its mergekit YAML), stored as the ``recipe`` user attribute and uploaded as an artifact to
+    ``artifact_store``. ``on_submit(number, rung, worker_info)`` is called after each rung is started with the
+    :class:`WorkerInfo` of its actor (tests use it to kill a worker mid-trial).
     """
 
     def __init__(
@@ -191,8 +192,8 @@ class Driver:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
 
     def running_trials(self) -> list[_Running]:
-        """The trials whose stage is running on a worker now."""
-        return [run for kind, _, run in self._pending.values() if kind == "stage"]
+        """The trials whose rung is running on a worker now."""
+        return [run for kind, _, run in self._pending.values() if kind == "rung"]
 
     @property
     def stopping(self) -> bool:
@@ -212,8 +213,8 @@ class Driver:
         trial.set_user_attr(TrialAttr.NODE, f"{slot.info.node}/{slot.info.node_id}")
         if self.describe is not None:
             self._record_recipe(trial, params)
-        stages = slot.info.setup.stages
-        first = 0 if self.multi_fidelity else stages - 1
+        rungs = slot.info.setup.rungs
+        first = 0 if self.multi_fidelity else rungs - 1
         self._submit(slot, _Running(trial, params, seed, first))
 
     def _record_recipe(self, trial: optuna.Trial, params: dict) -> None:
@@ -229,10 +230,10 @@ class Driver:
             path.unlink()
 
     def _submit(self, slot: _Slot, run: _Running) -> None:
-        ref = slot.actor.run_stage.remote(run.trial.number, run.params, run.seed, run.stage)
-        self._pending[ref] = ("stage", slot, run)
+        ref = slot.actor.run_rung.remote(run.trial.number, run.params, run.seed, run.rung)
+        self._pending[ref] = ("rung", slot, run)
         if self.on_submit is not None:
-            self.on_submit(run.trial.number, run.stage, slot.info)
+            self.on_submit(run.trial.number, run.rung, slot.info)
 
     def _fail(self, run: _Running, reason: str) -> None:
         run.trial.set_user_attr(TrialAttr.FAIL_REASON, reason[-2000:])
@@ -247,17 +248,20 @@ class Driver:
         if requeue(self.study, frozen, self.max_retries):
             self.result.requeued += 1
 
-    def _on_stage(self, slot: _Slot, run: _Running, out: StageReport) -> None:
+    def _on_rung(self, slot: _Slot, run: _Running, out: RungReport) -> None:
         trial = run.trial
         self.result.busy_seconds += out.busy_seconds
         self.result.items += max(0, out.items - run.items)
         run.items = out.items
-        for k, v in out.user_attrs().items():
+        for k, v in out.attrs.items():
             trial.set_user_attr(k, v)
+        if out.started is not None:
+            trial.set_user_attr(TrialAttr.STARTED, out.started)
+            trial.set_user_attr(TrialAttr.ENDED, out.ended)
         self._failures.clear()
         trial.set_user_attr(TrialAttr.ITEMS, out.items)
-        trial.set_user_attr(TrialAttr.STAGE, run.stage)
-        last = run.stage >= slot.info.setup.stages - 1
+        trial.set_user_attr(TrialAttr.RUNG, run.rung)
+        last = run.rung >= slot.info.setup.rungs - 1
         if not last and not self.multi_objective:
             trial.report(float(out.value if out.pruner_value is None else out.pruner_value), step=out.items)
             if trial.should_prune():
@@ -265,7 +269,7 @@ class Driver:
                 self.result.pruned += 1
                 return
         if not last and self._stop < 2:
-            self._submit(slot, _Running(trial, run.params, run.seed, run.stage + 1, out.items, run.started))
+            self._submit(slot, _Running(trial, run.params, run.seed, run.rung + 1, out.items, run.started))
             return
         trial.set_user_attr(TrialAttr.TRIAL_SECONDS, round(time.perf_counter() - run.started, 3))
         for key, c in out.constraints.items():  # feasible when <= 0 (samplers, best_trial)
@@ -296,7 +300,7 @@ class Driver:
         if kind == "setup":
             slot.info, slot.ready, slot.ready_at = out, True, time.perf_counter()
             return
-        self._on_stage(slot, run, out)
+        self._on_rung(slot, run, out)
 
     # ---------------------------------------------------------------- loop
     def _on_sigint(self, *_: Any) -> None:

@@ -83,9 +83,9 @@ class SearchConfig(Strict):
     pruner: Literal["successive_halving", "hyperband", "none"] = "successive_halving"
     reduction_factor: int = Field(3, ge=2, description="successive halving / hyperband reduction factor")
     min_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
-        "auto", description="items evaluated before the first pruning decision ('auto': first stage's)")
+        "auto", description="items evaluated before the first pruning decision ('auto': the first rung's)")
     multi_fidelity: bool = Field(
-        True, description="run the objective's fidelity stages one after the other (false: final stage only)")
+        True, description="run the objective's rungs (objective.rungs) one after the other (false: the last only)")
     n_trials: int = Field(30, ge=1)
     workers: int = Field(2, ge=1, le=4096, description="trials in flight (one Ray actor each)")
     worker_cpus: float = Field(1.0, gt=0)
@@ -213,7 +213,7 @@ def open_study(
         raise UserError(
             f"study {study.study_name!r} in {storage} has directions "
             f"{[d.name.lower() for d in study.directions]} but the objective has {directions}: "
-            "use another --out folder or search.study_name")
+            "use another run folder or search.study_name")
     return study
 
 
@@ -228,7 +228,7 @@ def enqueue_warm_start(study: optuna.Study, params_list: list[dict[str, Any]], s
 
 
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retries: int) -> bool:
-    """Re-queue a failed trial's parameters (same merge seed) unless it used up ``max_retries``."""
+    """Re-queue a failed trial's parameters (same seed) unless it used up ``max_retries``."""
     attempt = int(trial.user_attrs.get(TrialAttr.ATTEMPT, 0))
     if attempt >= max_retries or not trial.params:
         return False
@@ -274,7 +274,7 @@ def resolve_storage(run: str | Path) -> tuple[str, str | None, RunDir | None]:
     manifest = folder.read_manifest()
     if manifest is None:
         raise UserError(f"{str(run)!r} is neither a run folder (with run.json or study.db) nor a storage URL: "
-                        "pass the --out folder of `merge-search search` or a URL such as sqlite:///RUN/study.db")
+                        "give the run folder of a search or a URL such as sqlite:///RUN/study.db")
     return manifest.storage, manifest.study_name, folder
 
 
@@ -287,11 +287,11 @@ def load_study(run: str | Path, study_name: str | None = None) -> optuna.Study:
         if name is None:
             names = [s.study_name for s in optuna.get_all_study_summaries(storage=url)]
             if len(names) != 1:
-                raise UserError(f"storage {url} holds studies {names}: pick one with --study NAME")
+                raise UserError(f"storage {url} holds studies {names}: name the study to use")
             name = names[0]
         return optuna.load_study(study_name=name, storage=url)
     except KeyError:
-        raise UserError(f"no study {name!r} in {url}: check --study") from None
+        raise UserError(f"no study {name!r} in {url}: check the study name") from None
     except (ValueError, ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise UserError(f"storage {url} cannot be read ({type(err).__name__}: {first_line(err)}): check the URL, or restore "
                         "the database") from None

@@ -1,13 +1,14 @@
 """Merging: the search space, recipes, the in-memory merge engine, re-merging recorded trials, hashing.
 
-Only :mod:`search.merge.mergekit_compat` touches mergekit's internals; everything else uses it.
+Only :mod:`search.merge.mergekit_compat` touches mergekit's internals; everything else uses it. A recipe is one
+:class:`Recipe` value (:mod:`search.merge.recipe_value`), parsed and validated once -- strictly, by
+:mod:`search.merge.strict` -- and handed on from the trial record to the merger.
 """
 
 from search.merge import mergekit_compat
 from search.merge.engine import MergeError, MergeResult, ResidentMerger, reseed
-from search.merge.export import merge_to_dir, record_of, remerge, save_merge, versions
+from search.merge.export import merge_to_dir, record_of, remerge, save_merge, versions, with_recipe
 from search.merge.hashing import hash_model_dir, saved_tensors, weights_sha256
-from search.merge.mergekit_compat import load_recipe
 from search.merge.recipe import (
     params_from_recipe,
     recipe_dict,
@@ -16,6 +17,7 @@ from search.merge.recipe import (
     suggest_params,
     to_merge_config,
 )
+from search.merge.recipe_value import Recipe
 from search.merge.space import Choice, ModelSpace, ParamSlot, Range, SpaceConfig
 
 __all__ = [
@@ -25,10 +27,10 @@ __all__ = [
     "ModelSpace",
     "ParamSlot",
     "Range",
+    "Recipe",
     "ResidentMerger",
     "SpaceConfig",
     "hash_model_dir",
-    "load_recipe",
     "merge_to_dir",
     "mergekit_compat",
     "params_from_recipe",
@@ -44,4 +46,5 @@ __all__ = [
     "to_merge_config",
     "versions",
     "weights_sha256",
+    "with_recipe",
 ]

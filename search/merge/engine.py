@@ -6,7 +6,7 @@ and keeps one merged ``PreTrainedModel`` resident on its device, shaped as the r
 (mergekit's tokenizer build, ``tokenizer``/``tokenizer_source``), its depth (``slices``), its dtype (what the
 method produces unless ``out_dtype`` casts) and its tokenizer with the recipe's ``chat_template``; the shape
 is rebuilt only when a recipe changes it. :meth:`ResidentMerger.merge` reseeds torch (exactly as ``mergekit-yaml --random-seed N`` does),
-plans the given :class:`~mergekit.config.MergeConfiguration` with mergekit's planner, executes the
+plans the given :class:`~search.merge.recipe_value.Recipe` with mergekit's planner, executes the
 per-tensor merge tasks with mergekit's ``Executor`` and copies every result into the resident weights. The
 weights are bit-identical to what stock ``mergekit-yaml RECIPE OUT --random-seed N`` writes on the same
 device (``tests/merge/test_engine.py`` and, across vocabularies, ``tests/merge/test_vocab.py`` check this
@@ -26,6 +26,7 @@ from objectives.errors import UserError
 from objectives.objective import cpu_threads
 from search.merge import mergekit_compat as mk
 from search.merge.hashing import weights_sha256
+from search.merge.recipe_value import Recipe
 from search.merge.sources import source_problems
 
 __all__ = ["MergeError", "MergeResult", "ResidentMerger", "reseed"]
@@ -44,7 +45,7 @@ class MergeResult:
     seconds: float
     seed: int
     device: str
-    merge_config: Any  # the recipe as given (a copy; mergekit never sees this object)
+    merge_config: Any  # the recipe's MergeConfiguration (a copy; mergekit never sees this object)
     threads: int  # torch CPU threads the merge math ran with (CPU reductions depend on it)
 
 
@@ -69,15 +70,19 @@ class ResidentMerger:
     after the first). The weights are bit-identical either way (tested). A cached tensor that a merge method
     modified in place (its version counter moved) is re-read from a freshly opened file before the next merge
     (on CPU mergekit's loader hands out views of one memory map, so the edit would otherwise persist).
+
+    ``shape``: the recipe whose output (vocabulary, layers, dtype, tokenizer) the resident model takes until the
+    first merge; default: one over every model with the given ``dtype`` and tokenizer settings.
     """
 
     def __init__(self, base_model: str, models: Sequence[str], *, device: str = "cpu",
                  dtype: str | None = None, tokenizer_source: str | None = None, tokenizer: dict | None = None,
-                 chat_template: str | None = None, trust_remote_code: bool = False, cache_sources: bool = True):
+                 chat_template: str | None = None, trust_remote_code: bool = False, cache_sources: bool = True,
+                 shape: Recipe | None = None):
         import torch
 
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"device={device!r} but torch sees no CUDA device: use --device cpu")
+            raise UserError(f"device={device!r} but torch sees no CUDA device: use the cpu device")
         self.device = device
         self.options = mk.merge_options(device, trust_remote_code)
         self.base_model = str(base_model)
@@ -92,35 +97,34 @@ class ResidentMerger:
         self._sources: dict[Any, tuple[Any, int]] = {}  # LoadTensor task -> (value, tensor version)
         self._arch: dict[frozenset[str], Any] = {}  # referenced models -> mergekit ModelArchitecture
         self._output: _Output | None = None  # built by the first merge, or on first use of .model/.tokenizer
-        self._probe = _probe_recipe(self.base_model, self.models, dtype, tokenizer_source, tokenizer, chat_template)
+        self._probe = shape if shape is not None else _probe_recipe(self.base_model, self.models, dtype,
+                                                                   tokenizer_source, tokenizer, chat_template)
 
     @property
     def model(self) -> Any:
         """The resident ``PreTrainedModel`` (shaped as the last recipe's output)."""
         if self._output is None:
-            self._setup(self._probe)
+            self._setup(self._probe.config)
         return self._output.model
 
     @property
     def tokenizer(self) -> Any:
         """The output tokenizer of the last recipe (merged vocabulary and chat template, as mergekit writes it)."""
         if self._output is None:
-            self._setup(self._probe)
+            self._setup(self._probe.config)
         return self._output.tokenizer
 
     @classmethod
     def from_recipe(cls, recipe, *, device: str = "cpu") -> ResidentMerger:
-        """A merger for every model a recipe references, shaped as the recipe's output (vocabulary, layers,
-        dtype, tokenizer and chat template)."""
-        config = mk.load_recipe(recipe)
-        refs = [str(r) for r in config.referenced_models()]
-        base = str(config.base_model) if config.base_model else refs[0]
-        merger = cls(base, refs, device=device, dtype=config.out_dtype or config.dtype,
-                     tokenizer_source=config.tokenizer_source and str(config.tokenizer_source),
-                     tokenizer=config.tokenizer and config.tokenizer.model_dump(mode="json", exclude_none=True),
-                     chat_template=config.chat_template, cache_sources=False)  # one merge: nothing to reuse
-        merger._probe = config
-        return merger
+        """A merger for every model a recipe references (a :class:`Recipe`, or what :meth:`Recipe.of` takes),
+        shaped as the recipe's output (vocabulary, layers, dtype, tokenizer and chat template)."""
+        recipe = Recipe.of(recipe)
+        config, refs = recipe.config, recipe.referenced_models()
+        return cls(recipe.base_model or refs[0], refs, device=device, dtype=config.out_dtype or config.dtype,
+                   tokenizer_source=config.tokenizer_source and str(config.tokenizer_source),
+                   tokenizer=config.tokenizer and config.tokenizer.model_dump(mode="json", exclude_none=True),
+                   chat_template=config.chat_template, cache_sources=False,  # one merge: nothing to reuse
+                   shape=recipe)
 
     @classmethod
     def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
@@ -168,8 +172,9 @@ class ResidentMerger:
         self._sources[task] = (value, value._version if value is not None else 0)
         return value
 
-    def merge(self, merge_config, seed: int, *, compute_hash: bool = True, threads: int | None = None) -> MergeResult:
-        """Merge ``merge_config`` with ``seed`` into the resident model (weights updated in place).
+    def merge(self, recipe, seed: int, *, compute_hash: bool = True, threads: int | None = None) -> MergeResult:
+        """Merge ``recipe`` (a :class:`Recipe`, or what :meth:`Recipe.of` takes: a ``MergeConfiguration`` built in
+        code, a mapping, a YAML path) with ``seed`` into the resident model (weights updated in place).
 
         ``threads`` pins torch's CPU thread count for the merge (restored afterwards): on CPU the order of
         mergekit's reductions, and so the exact bits, depend on it. A re-merge of a recorded trial passes the
@@ -180,13 +185,13 @@ class ResidentMerger:
         :class:`UserError`.
         """
         with cpu_threads(threads):  # pinned whatever the device: the recorded count is what a re-merge passes
-            return self._merge(merge_config, seed, compute_hash)
+            return self._merge(Recipe.of(recipe), seed, compute_hash)
 
-    def _merge(self, merge_config, seed: int, compute_hash: bool) -> MergeResult:
+    def _merge(self, recipe: Recipe, seed: int, compute_hash: bool) -> MergeResult:
         import torch
 
         t0 = time.perf_counter()
-        config = mk.load_recipe(merge_config)  # a deep copy: mergekit's planner mutates what it is given
+        config = recipe.merge_config()  # a copy: mergekit's planner mutates what it is given
         unknown = [str(r) for r in config.referenced_models() if str(r) not in self._refs]
         if unknown:
             raise UserError(f"recipe references model(s) {unknown} that this merger did not load "
@@ -208,7 +213,7 @@ class ResidentMerger:
         digest = weights_sha256(self.model) if compute_hash else None
         return MergeResult(model=self.model, tokenizer=self.tokenizer, weights_sha256=digest,
                            seconds=time.perf_counter() - t0, seed=seed, device=self.device,
-                           merge_config=mk.load_recipe(merge_config), threads=torch.get_num_threads())
+                           merge_config=recipe.merge_config(), threads=torch.get_num_threads())
 
 
 @dataclass
@@ -235,14 +240,14 @@ def _output_key(config) -> str:
                       sort_keys=True, default=str)
 
 
-def _probe_recipe(base: str, models: list[str], dtype, tokenizer_source, tokenizer, chat_template):
+def _probe_recipe(base: str, models: list[str], dtype, tokenizer_source, tokenizer, chat_template) -> Recipe:
     """A recipe over every model with the given output settings: enough to shape the resident model before
     the first candidate arrives (the method and weights do not matter)."""
     data: dict[str, Any] = {"merge_method": "linear", "base_model": base,
                             "models": [{"model": m, "parameters": {"weight": 1.0}} for m in models]}
     extra = {"dtype": dtype, "tokenizer_source": tokenizer_source, "tokenizer": tokenizer,
              "chat_template": chat_template}
-    return mk.load_recipe({**data, **{k: v for k, v in extra.items() if v is not None}})
+    return Recipe.from_dict({**data, **{k: v for k, v in extra.items() if v is not None}})
 
 
 def _resident_model(base: str, out_config, dtype, device: str, trust_remote_code: bool) -> Any:

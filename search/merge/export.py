@@ -2,26 +2,29 @@
 :func:`save_merge` (a merged model as a folder stock tools read).
 
 Every stage that needs a scored candidate's weights calls :func:`remerge` with the candidate's
-:class:`~search.rundir.TrialRecord`: held-out evaluation (in memory, one merger for many trials), the DPO stage
-and ``merge-search dpo --recipe`` (saved to a folder), ``merge-search mtbench run --model RECIPE``,
-``merge-search export --verify`` and ``merge-search merge``. A saved folder holds the model, the tokenizer,
-``mergekit_config.yml`` (the recipe) and ``merge.json`` (seed, device, threads, versions, recipe, hash).
+:class:`~search.rundir.TrialRecord`: held-out evaluation (in memory, one merger for many trials), the DPO
+stage and ``merge-search dpo --recipe`` (saved to a folder), ``merge-search mtbench run --model RECIPE``,
+``merge-search export --verify`` and ``merge-search merge``. The record's recipe is parsed and validated once,
+into the :class:`~search.merge.recipe_value.Recipe` it carries on to the merger (:func:`record_of`,
+:func:`with_recipe`). A saved folder holds the model, the tokenizer, ``mergekit_config.yml`` (the recipe) and
+``merge.json`` (seed, device, threads, versions, recipe, hash).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from objectives.errors import UserError
-from search.merge import mergekit_compat as mk
 from search.merge.engine import MergeResult, ResidentMerger
 from search.merge.hashing import hash_model_dir
 from search.merge.recipe import recipe_yaml
+from search.merge.recipe_value import Recipe
 from search.rundir import TrialRecord
 
-__all__ = ["merge_to_dir", "record_of", "remerge", "save_merge", "versions"]
+__all__ = ["merge_to_dir", "record_of", "remerge", "save_merge", "versions", "with_recipe"]
 
 RECIPE_FILE = "mergekit_config.yml"  # the name stock mergekit gives the recipe in its output folder
 SIDECAR_FILE = "merge.json"
@@ -42,11 +45,19 @@ def versions() -> dict[str, str]:
 
 def record_of(recipe, *, seed: int = 0, device: str = "cpu", threads: int | None = None,
               weights_sha256: str | None = None, label: str | None = None) -> TrialRecord:
-    """A :class:`TrialRecord` for a recipe given by hand (path, dict or ``MergeConfiguration``)."""
-    config = mk.load_recipe(recipe)
-    name = label or (str(recipe) if isinstance(recipe, (str, Path)) else "recipe")
-    return TrialRecord(recipe=recipe_yaml(config), seed=seed, merge_device=device, merge_threads=threads,
-                       weights_sha256=weights_sha256, label=name)
+    """A :class:`TrialRecord` for a recipe given by hand (a :class:`Recipe`, or what :meth:`Recipe.of` takes:
+    path, dict or ``MergeConfiguration``), carrying that recipe (``label``: default the recipe's)."""
+    recipe = Recipe.of(recipe)
+    return TrialRecord(recipe=recipe.text, seed=seed, merge_device=device, merge_threads=threads,
+                       weights_sha256=weights_sha256, label=label or recipe.label, parsed=recipe)
+
+
+def with_recipe(record: TrialRecord) -> TrialRecord:
+    """``record`` carrying its :class:`Recipe` (``record.parsed``): parsed and validated now, unless it already
+    carries one."""
+    if record.parsed is not None:
+        return record
+    return replace(record, parsed=Recipe.from_text(record.recipe, record.label or "recipe"))
 
 
 def remerge(record: TrialRecord, *, out: str | Path | None = None,
@@ -56,12 +67,13 @@ def remerge(record: TrialRecord, *, out: str | Path | None = None,
     ``merger``: a :class:`ResidentMerger` that holds the recipe's models (the held-out stage re-merges several
     trials with one); default: one built for the recipe on ``record.merge_device``. ``out``: also save the
     model there (:func:`save_merge`). A re-merge whose ``weights_sha256`` differs from the recorded one is a
-    :class:`UserError`, raised after saving, so the differing model can be inspected.
+    :class:`UserError`, raised after saving, so the differing model can be inspected. The recipe is the one
+    ``record`` carries (:func:`with_recipe`), parsed and validated at most once here.
     """
-    config = mk.load_recipe(record.recipe_dict())
-    merger = merger or ResidentMerger.from_recipe(config, device=record.merge_device)
+    recipe = with_recipe(record).parsed
+    merger = merger or ResidentMerger.from_recipe(recipe, device=record.merge_device)
     check = record.weights_sha256 is not None
-    res = merger.merge(config, record.seed, compute_hash=check or out is not None, threads=record.merge_threads)
+    res = merger.merge(recipe, record.seed, compute_hash=check or out is not None, threads=record.merge_threads)
     if out is not None:
         save_merge(res, out)
     if check and res.weights_sha256 != record.weights_sha256:
@@ -93,9 +105,9 @@ def save_merge(res: MergeResult, out: str | Path) -> dict[str, Any]:
 
 def merge_to_dir(recipe, out: str | Path, seed: int = 0, device: str = "cpu",
                  threads: int | None = None, expect_sha256: str | None = None) -> dict[str, Any]:
-    """Merge a recipe in memory and save it to ``out`` (``merge-search merge``): :func:`remerge` of a
-    :func:`record_of` the recipe. ``expect_sha256``: the recorded hash a re-merge must reproduce.
-    Returns the ``merge.json`` sidecar."""
+    """Merge a recipe (a :class:`Recipe`, a path, a dict, ...) in memory and save it to ``out``
+    (``merge-search merge``): :func:`remerge` of a :func:`record_of` the recipe. ``expect_sha256``: the
+    recorded hash a re-merge must reproduce. Returns the ``merge.json`` sidecar."""
     record = record_of(recipe, seed=seed, device=device, threads=threads, weights_sha256=expect_sha256)
     remerge(record, out=out)
     return json.loads((Path(out) / SIDECAR_FILE).read_text(encoding="utf-8"))

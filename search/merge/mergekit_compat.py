@@ -1,30 +1,29 @@
 """The only code that touches mergekit beyond its documented entry points (mergekit 0.1.5, LGPL-3.0: imported,
 never copied).
 
-Everything the in-memory merge needs from mergekit goes through here: recipe parsing, per-tensor planning
-(:func:`plan_merge_tasks`, a workaround for ``MergePlanner.plan_in_memory``), the loader cache that keeps the
-source files open, architecture lookup and an ``Executor`` whose tensor loads can be served from memory. A
-mergekit upgrade that breaks an assumption breaks one of the tests named below, and only this module changes.
+Everything the in-memory merge needs from mergekit goes through here: its registries (merge methods and their
+parameters, chat template names), per-tensor planning (:func:`plan_merge_tasks`, a workaround for
+``MergePlanner.plan_in_memory``), the loader cache that keeps the source files open, architecture lookup and an
+``Executor`` whose tensor loads can be served from memory. A mergekit upgrade that breaks an assumption breaks
+one of the tests named below, and only this module changes. Recipes are parsed and validated by
+:class:`search.merge.recipe_value.Recipe` (mergekit's public ``MergeConfiguration`` plus the strict checks of
+:mod:`search.merge.strict`).
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from objectives.errors import UserError
-from objectives.schema import format_validation_error, load_yaml
 
 __all__ = [
     "architecture_info",
     "base_required",
     "build_executor",
-    "chat_template_problems",
+    "chat_template_names",
     "dtype_of",
-    "load_recipe",
     "merge_options",
     "method_names",
     "method_parameters",
@@ -32,38 +31,10 @@ __all__ = [
     "open_model",
     "output_setup",
     "plan_merge_tasks",
-    "recipe_problems",
     "reopen_model",
     "tensor_shapes",
-    "tokenizer_problems",
     "vocabulary_source",
 ]
-
-
-def load_recipe(recipe) -> Any:
-    """A :class:`MergeConfiguration` from a YAML path, a dict or a configuration (never mutated)."""
-    import pydantic
-    from mergekit.config import MergeConfiguration
-
-    if isinstance(recipe, MergeConfiguration):
-        return recipe.model_copy(deep=True)
-    source = "recipe"
-    if isinstance(recipe, (str, Path)):
-        source, recipe = str(recipe), load_yaml(recipe)
-    if not isinstance(recipe, dict):
-        raise UserError(f"{source}: a mergekit recipe is a YAML mapping (merge_method, models, ...), but got "
-                        f"{type(recipe).__name__}")
-    try:
-        config = MergeConfiguration.model_validate(recipe)
-    except pydantic.ValidationError as err:
-        raise UserError(format_validation_error(err, source)) from None
-    except RuntimeError as err:  # mergekit's own validators raise these: "Cannot specify both ...", ...
-        raise UserError(f"{source}: mergekit refuses the recipe: {err}: fix the recipe (e.g. give only one of "
-                        "tokenizer_source and tokenizer; either models or slices)") from None
-    problems = recipe_problems(recipe)
-    if problems:
-        raise UserError(f"{source}: {len(problems)} recipe error(s): " + "; ".join(problems))
-    return config
 
 
 def merge_options(device: str, trust_remote_code: bool = False) -> Any:
@@ -215,33 +186,14 @@ def vocabulary_source(tokenizer_source, tokenizer: dict | None):
     return tokenizer.get("source", "union") if tokenizer is not None else tokenizer_source
 
 
-def tokenizer_problems(section: dict, where: str) -> list[str]:
-    """Problems of a ``tokenizer:`` section as mergekit's ``TokenizerConfig`` validates it."""
-    import pydantic
-    from mergekit.tokenizer.config import TokenizerConfig
-
-    try:
-        TokenizerConfig.model_validate(section)
-    except pydantic.ValidationError as err:
-        return [format_validation_error(err, where)]
-    out: list[str] = []
-    _walk(section, TokenizerConfig, where, None, out)  # mergekit ignores unknown keys (``sorce``)
-    return out
-
-
-def chat_template_problems(template: str, where: str) -> list[str]:
-    """Problems of a recipe's ``chat_template`` by the rule ``mergekit-yaml`` applies when it saves the tokenizer:
-    a template name it ships, ``auto``, or a Jinja template (20+ characters with ``{``)."""
+def chat_template_names() -> list[str]:
+    """Names of the chat templates mergekit ships (``chatml``, ``alpaca``, ...), from its package data."""
     import importlib.resources
 
     from mergekit._data import chat_templates
 
-    names = sorted(p.name[:-len(".jinja")] for p in importlib.resources.files(chat_templates).iterdir()
-                   if p.name.endswith(".jinja"))
-    if template == "auto" or template in names or (len(template) >= 20 and "{" in template):
-        return []
-    return [f"{where}: {template!r} is neither a template name mergekit ships ({', '.join(names)}), 'auto', nor a "
-            f"Jinja template{_close(template, names)}"]
+    return sorted(p.name[:-len(".jinja")] for p in importlib.resources.files(chat_templates).iterdir()
+                  if p.name.endswith(".jinja"))
 
 
 def method_names() -> list[str]:
@@ -268,97 +220,3 @@ def base_required(method: str) -> bool:
     from mergekit.merge_methods.base import BasePolicy
 
     return mm.get(method).spec.contract.base != BasePolicy.IGNORED
-
-
-# --- strict recipes: mergekit ignores unknown keys (``desnity: 0.5`` would silently be the default) --------
-
-
-def _models_in(annotation) -> list[type]:
-    import typing
-
-    import pydantic
-
-    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
-        return [annotation]
-    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
-
-
-def _is_mapping(annotation) -> bool:
-    import typing
-
-    return typing.get_origin(annotation) is dict or any(_is_mapping(a) for a in typing.get_args(annotation))
-
-
-def _union_member(models: list[type], section) -> list[type]:
-    """The models a section is checked against: for a union of several (e.g. a token's embedding ``source``),
-    the one whose fields hold all its keys, else the closest one."""
-    if len(models) < 2 or not isinstance(section, dict):
-        return models
-    fits = [m for m in models if set(section) <= set(m.model_fields)]
-    return fits[:1] or [max(models, key=lambda m: len(set(section) & set(m.model_fields)))]
-
-
-def _close(word: str, options) -> str:
-    found = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {found[0]!r}?)" if found else ""
-
-
-def _walk(value, model: type, where: str, params: set[str] | None, out: list[str]) -> None:
-    """Unknown keys against ``model``'s fields (and ``params``, when known, for a ``parameters`` mapping)."""
-    if not isinstance(value, dict):
-        if isinstance(value, list):
-            for i, item in enumerate(value):
-                _walk(item, model, f"{where}[{i}]", params, out)
-        return
-    fields = model.model_fields
-    for key, item in value.items():
-        here = f"{where}.{key}" if where else str(key)
-        if key not in fields:
-            out.append(f"{here}: unknown key{_close(str(key), fields)}")
-        elif key == "parameters" and isinstance(item, dict) and params is not None:
-            out += [f"{here}.{k}: not a parameter of this merge method{_close(str(k), params)}"
-                    for k in item if k not in params]
-        elif key == "parameters":
-            continue
-        else:
-            annotation = fields[key].annotation
-            keyed = _is_mapping(annotation) and isinstance(item, dict)  # {name: section}, e.g. modules, tokens
-            subs = [m for m in _models_in(annotation) if m.__name__ not in ("ModelReference", "ModelPath")]
-            for name, section in (item.items() if keyed else [("", item)]):
-                for sub in _union_member(subs, section):
-                    _walk(section, sub, f"{here}.{name}" if name else here, params, out)
-
-
-def _non_finite(value, where: str, out: list[str]) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        out.append(f"{where}: {value} is not a finite number")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _non_finite(v, f"{where}.{k}" if where else str(k), out)
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _non_finite(v, f"{where}[{i}]", out)
-
-
-def recipe_problems(data: dict) -> list[str]:
-    """What stock mergekit would silently accept but is wrong in a recipe: unknown keys (with a close match),
-    parameter names the merge method does not declare, numbers that are NaN or infinite."""
-    from mergekit.config import MergeConfiguration
-
-    out: list[str] = []
-    method, names = data.get("merge_method"), method_names()
-    params: set[str] | None = None
-    if method in names:
-        shared, per_model = method_parameters(method)
-        params = set(shared) | set(per_model)
-    else:
-        out.append(f"merge_method: unknown merge method {method!r}{_close(str(method), names)}")
-    _walk(data, MergeConfiguration, "", params, out)
-    _non_finite(data, "", out)
-    if isinstance(data.get("chat_template"), str):
-        out += chat_template_problems(data["chat_template"], "chat_template")
-    tokenizer = data.get("tokenizer") if isinstance(data.get("tokenizer"), dict) else None
-    if not data.get("base_model") and vocabulary_source(data.get("tokenizer_source"), tokenizer) == "union":
-        out.append("base_model: a `union` tokenizer without base_model takes its special tokens and template from "
-                   "whichever source mergekit lists first (a set: it differs from run to run): set base_model")
-    return out

@@ -23,6 +23,7 @@ import pydantic
 
 from objectives.schema import ConfigProblems, Strict
 from search.merge import mergekit_compat as mk
+from search.merge import strict
 
 __all__ = [
     "DEFAULT_RANGES",
@@ -174,9 +175,9 @@ class SpaceConfig(Strict):
             problems.append("tokenizer_source and tokenizer: give only one (mergekit refuses both); "
                             f"e.g. tokenizer: {{source: {self.tokenizer_source}}}")
         if self.tokenizer:
-            problems += mk.tokenizer_problems(self.tokenizer_dict(), "tokenizer")
+            problems += strict.tokenizer_problems(self.tokenizer_dict(), "tokenizer")
         if self.chat_template is not None:
-            problems += mk.chat_template_problems(self.chat_template, "chat_template")
+            problems += strict.chat_template_problems(self.chat_template, "chat_template")
         return problems
 
     def tokenizer_dict(self) -> dict[str, Any] | None:

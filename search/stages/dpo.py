@@ -23,6 +23,7 @@ and an unquantized base elsewhere; asking for ``4bit`` without CUDA is an error.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,42 +35,41 @@ from objectives.errors import UserError
 from objectives.objective import cpu_threads
 from objectives.preference import preference_scores
 from objectives.schema import load_yaml, validate
-from objectives.templates import resolve_chat_template, template_tokens
-from search.config import load_run_config
-from search.rundir import DPOOutputs
+from search.config import RunConfig, load_run_config
+from search.merge import remerge
+from search.merge.sources import model_folder_problems
+from search.preflight import output_problems
+from search.rundir import DPOOutputs, RunDir, TrialRecord
 from search.stages import prefdata
-from search.stages.dpo_config import DPOStageConfig, QuantSection
+from search.stages.base import StageContext
+from search.stages.chat_templates import merge_template
+from search.dpo_config import DPOStageConfig
+from search.stages.dpo_train import load_base, resolve_runtime, save_outputs, train, train_metrics
 from search.stages.plots import plot_loss
 
 __all__ = [
+    "NAME",
     "SCORING_THREADS",
+    "SECTIONS",
     "PrefData",
-    "Runtime",
-    "load_base",
+    "data_problems",
+    "heldout_scores",
     "load_data",
+    "finished_problems",
     "load_dpo_config",
-    "require_data",
-    "resolve_runtime",
+    "merge_base",
+    "problems",
+    "run",
     "run_dpo",
-    "save_outputs",
-    "train",
-    "trainable_token_ids",
-    "trainable_token_indices",
+    "standalone_problems",
 ]
 
+NAME = "dpo"
+SECTIONS = ("dpo",)
 
 # torch CPU threads while the stage scores on CPU (held-out preference accuracy, implicit-reward accuracy):
 # the schema default of `objective.threads`, as the held-out stage scores
 SCORING_THREADS: int | None = ObjectiveConfig.model_fields["threads"].default
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """What ``auto`` settings resolved to on this machine."""
-
-    device: str
-    quantized: bool
-    precision: str  # bf16 | fp16 | fp32
 
 
 @dataclass
@@ -83,74 +83,29 @@ def _log(msg: str) -> None:
     print(f"[dpo] {msg}", file=sys.stderr, flush=True)
 
 
-def resolve_runtime(cfg: DPOStageConfig) -> Runtime:
-    """Resolve ``device``, ``quant.mode`` and ``train.precision``; impossible combinations are UserErrors."""
-    import torch
-
-    cuda = torch.cuda.is_available()
-    device = ("cuda" if cuda else "cpu") if cfg.device == "auto" else cfg.device
-    if device == "cuda" and not cuda:
-        raise UserError("dpo.device is 'cuda' but no CUDA device is available: set dpo.device to 'auto' or 'cpu'")
-    quantized = cfg.quant.mode == "4bit" or (cfg.quant.mode == "auto" and device == "cuda")
-    if quantized and device != "cuda":
-        raise UserError("dpo.quant.mode '4bit' needs CUDA (bitsandbytes 4-bit on CPU silently stops LoRA "
-                        "gradients): set dpo.quant.mode to 'auto' or 'none', or run on a GPU")
-    precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp16" and device != "cuda":
-        raise UserError("dpo.train.precision 'fp16' needs CUDA: use 'bf16' or 'fp32' (or 'auto') on CPU")
-    return Runtime(device=device, quantized=quantized, precision=precision)
+# ------------------------------------------------------------------------------------------------ the contract
 
 
-def _dtype(name: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-            "fp32": torch.float32, "float32": torch.float32}[name]
-
-
-def load_tokenizer(cfg: DPOStageConfig, base: Path):
-    """The tokenizer of ``base`` with ``dpo.chat_template`` set (``model``: its own, which it must have)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(base))
-    template = resolve_chat_template(cfg.chat_template, "dpo.chat_template")
-    if template is not None:
-        tok.chat_template = template
-    elif not tok.chat_template:
-        raise UserError(f"dpo.chat_template is 'model' but the tokenizer of {str(base)!r} has no chat template: "
-                        "set dpo.chat_template to 'chatml', a Jinja template or a .jinja file")
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+def problems(cfg: RunConfig, run: RunDir) -> list[str]:
+    """The preference data (:func:`data_problems`) and the chat template the merge will train in."""
+    out = data_problems(cfg.dpo)
+    if cfg.dpo.chat_template == "model":
+        has, donor = merge_template(cfg.space)
+        if has is False:
+            out.append(f"dpo.chat_template is 'model' but the merge will have no chat template ({donor!r} has none "
+                       "and space.chat_template is not set): set space.chat_template, or dpo.chat_template to "
+                       "chatml")
+    return out
 
 
-def load_model(base: Path, rt: Runtime, quant: QuantSection, *, full_precision: bool = False):
-    """The base model: 4-bit NF4 on CUDA when ``rt.quantized`` (and not ``full_precision``), else unquantized."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    if rt.quantized and not full_precision:
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant.quant_type,
-                                 bnb_4bit_use_double_quant=quant.double_quant,
-                                 bnb_4bit_compute_dtype=_dtype(quant.compute_dtype))
-        return AutoModelForCausalLM.from_pretrained(str(base), quantization_config=bnb,
-                                                    dtype=_dtype(quant.compute_dtype), device_map={"": 0})
-    dtype = _dtype(rt.precision) if rt.device == "cuda" else _dtype("fp32")
-    return AutoModelForCausalLM.from_pretrained(str(base), dtype=dtype).to(rt.device)
-
-
-def load_base(cfg: DPOStageConfig, base: Path, rt: Runtime):
-    """Model (quantized per ``rt``) and tokenizer (with the configured chat template) of ``base``; the tokenizer
-    and the token rows to train are checked first, so a template or token problem is refused before the
-    weights load."""
-    if not (base / "config.json").is_file():
-        raise UserError(f"DPO base {str(base)!r} is not a Hugging Face model folder (no config.json): "
-                        "pass --model DIR of a saved model, --recipe FILE.yaml, or set dpo.model")
-    tokenizer = load_tokenizer(cfg, base)
-    trainable_token_ids(cfg, tokenizer)
-    _log(f"base {base} on {rt.device} ({'QLoRA 4-bit' if rt.quantized else 'LoRA, unquantized'}, {rt.precision})")
-    return load_model(base, rt, cfg.quant), tokenizer
+def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:
+    """The exported winner re-merged into ``RUN/dpo/base`` (hash-checked), then :func:`run_dpo` into
+    ``RUN/dpo``; an unfinished earlier attempt (no marker) is started afresh. Returns ``metrics.json``."""
+    out = run.dpo
+    record = run.best_record()
+    shutil.rmtree(out.root, ignore_errors=True)
+    merge_base(record, out)
+    return run_dpo(cfg.dpo, out.base, out.root, threads=cfg.objective.threads)
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:
@@ -184,20 +139,58 @@ def load_dpo_config(path: str | Path) -> tuple[DPOStageConfig, int]:
     return run.dpo, run.seed
 
 
-def require_data(cfg: DPOStageConfig) -> None:
-    """Fail early (before any merge or model load) when no training data is configured, or when a local data
-    file cannot be read or has no usable row layout (rows are checked again, with the tokenizer, later)."""
+def data_problems(cfg: DPOStageConfig) -> list[str]:
+    """The preference data, checked before any merge or model load: training data configured, local files
+    present, readable and in a known row layout (rows are checked again, with the tokenizer, when loaded)."""
     if not cfg.data.train:
-        raise UserError("dpo.data.train is not set: give a .json/.jsonl/.parquet file or a Hugging Face dataset id "
-                        "with system/question/chosen/rejected or prompt/chosen/rejected columns")
-    for source in (cfg.data.train, cfg.data.heldout):
-        if source and Path(source).suffix.lower() in prefdata.FILE_TYPES:
-            prefdata.normalise(prefdata.load_rows(source), source)
+        return ["dpo.data.train is not set: give a .json/.jsonl/.parquet file or a Hugging Face dataset id "
+                "with system/question/chosen/rejected or prompt/chosen/rejected columns"]
+    problems = []
+    for key, source in (("dpo.data.train", cfg.data.train), ("dpo.data.heldout", cfg.data.heldout)):
+        if not source:
+            continue
+        local = source.startswith((".", "/", "~")) or Path(source).suffix
+        if local and not Path(source).expanduser().is_file():
+            problems.append(f"{key} {source!r} does not exist: give a .json/.jsonl/.parquet file or a dataset id")
+        elif Path(source).suffix.lower() in prefdata.FILE_TYPES:
+            try:
+                prefdata.normalise(prefdata.load_rows(source), source)
+            except UserError as err:
+                problems.append(str(err))
+    return problems
+
+
+def finished_problems(out: DPOOutputs) -> list[str]:
+    """An output folder that already holds a finished DPO run (never overwritten)."""
+    if out.metrics.exists():
+        return [f"{str(out.root)!r} already holds a DPO run ({out.metrics.name}): give a new folder"]
+    return []
+
+
+def standalone_problems(cfg: DPOStageConfig, out: DPOOutputs, *, model: str | Path | None = None,
+                        inputs: list[str] = ()) -> list[str]:
+    """A DPO run outside the pipeline: the output folder (new, or an unfinished DPO run of its own; never one
+    of the ``inputs``), the preference data and the base model folder."""
+    problems = finished_problems(out) + data_problems(cfg)
+    problems += model_folder_problems(model, "DPO base model") if model else []
+    return problems + output_problems(out.root, what="DPO output folder",
+                                      inputs=list(inputs) + ([str(model)] if model else []), own=out.names())
+
+
+def merge_base(record: TrialRecord, out: DPOOutputs):
+    """The recorded merge re-created in ``out.base`` (hash-checked by :func:`search.merge.remerge`), what DPO
+    starts from; returns the merge result (its ``weights_sha256``)."""
+    return remerge(record, out=out.base)
+
+
+def _raise(problems: list[str]) -> None:
+    if problems:
+        raise UserError("; ".join(problems) if len(problems) > 1 else problems[0])
 
 
 def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:
     """Train and held-out pairs in trl's conversational layout; a report of sources and bad rows."""
-    require_data(cfg)
+    _raise(data_problems(cfg))
     train, train_rep = _pairs(cfg.data.train, cfg.data.split, tokenizer, cfg)
     if cfg.data.heldout:
         heldout, held_rep = _pairs(cfg.data.heldout, cfg.data.heldout_split, tokenizer, cfg)
@@ -209,143 +202,6 @@ def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:
         train = train[:cfg.data.max_train_rows]
     return PrefData(train=train, heldout=heldout,
                     report={"train": train_rep, "heldout": held_rep, "n_train": len(train), "n_heldout": len(heldout)})
-
-
-def _dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
-    from trl import DPOConfig
-
-    t = cfg.train
-    return DPOConfig(
-        output_dir=str(out.trainer), learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        per_device_eval_batch_size=t.eval_batch_size, beta=t.beta, loss_type=list(t.loss_type),
-        max_length=t.max_length, bf16=rt.precision == "bf16", fp16=rt.precision == "fp16",
-        use_cpu=rt.device == "cpu", activation_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="no", report_to="none",
-        seed=t.seed, disable_tqdm=True,  # one bar of our own (StepBar) instead of a dict per logging step
-    )
-
-
-def _step_bar():
-    """A transformers ``TrainerCallback``: one progress bar over the training steps with the latest loss and
-    implicit-reward accuracy, in place of the Trainer's printed log dicts."""
-    from tqdm.auto import tqdm
-    from transformers import TrainerCallback
-
-    class StepBar(TrainerCallback):
-        bar = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc="DPO", unit="step", leave=False)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.bar.update(1)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}",
-                                     reward_acc=f"{float(logs.get('rewards/accuracies', float('nan'))):.2f}")
-
-        def on_train_end(self, args, state, control, **kwargs):
-            self.bar.close()
-            self.bar = None
-
-    return StepBar()
-
-
-def trainable_token_ids(cfg: DPOStageConfig, tokenizer) -> list[int]:
-    """The token ids ``dpo.lora.trainable_tokens`` names for ``tokenizer`` (a token it lacks: UserError)."""
-    spec = cfg.lora.trainable_tokens
-    if spec == "none":
-        return []
-    if spec == "template":
-        return template_tokens(tokenizer)
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in spec if t not in vocab]
-    if missing:
-        raise UserError(f"dpo.lora.trainable_tokens: {missing} are not tokens of the model's tokenizer: list "
-                        "tokens of its vocabulary, or use 'template' or 'none'")
-    return sorted({vocab[t] for t in spec})
-
-
-def trainable_token_indices(cfg: DPOStageConfig, model, tokenizer) -> list[int] | None:
-    """peft's ``trainable_token_indices``: the rows of :func:`trainable_token_ids` in the *input* embedding,
-    trained besides LoRA; None: none. The output head's rows stay frozen: trl's DPO trainer scores through a
-    fused LM head that reads ``lm_head.weight`` directly, so an adapter there would be bypassed (for the same
-    reason a model with tied embeddings trains no extra rows)."""
-    ids = trainable_token_ids(cfg, tokenizer)
-    if not ids:
-        return None
-    names = tokenizer.convert_ids_to_tokens(ids)
-    if getattr(model.config, "tie_word_embeddings", False):
-        _log(f"the rows of {names} stay frozen: the model ties its embeddings to the output head")
-        return None
-    _log(f"training the input-embedding rows of {names} (dpo.lora.trainable_tokens)")
-    return ids
-
-
-def train(cfg: DPOStageConfig, model, tokenizer, data: PrefData, rt: Runtime, out: DPOOutputs):
-    """Run DPO; returns the trainer (its ``model`` is the PEFT model with the trained adapter)."""
-    from datasets import Dataset
-    from peft import LoraConfig, prepare_model_for_kbit_training
-    from trl import DPOTrainer
-
-    if rt.quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                      target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
-                      trainable_token_indices=trainable_token_indices(cfg, model, tokenizer))
-    try:
-        trainer = DPOTrainer(model=model, args=_dpo_args(cfg, rt, out), train_dataset=Dataset.from_list(data.train),
-                             processing_class=tokenizer, peft_config=lora)
-    except ValueError as err:  # e.g. target modules not in the model, an unknown loss_type
-        raise UserError(f"dpo: trainer rejected the config: {str(err).splitlines()[0]}") from None
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    for quiet in (PrinterCallback, ProgressCallback):
-        trainer.remove_callback(quiet)
-    trainer.add_callback(_step_bar())
-    trainer.train()
-    return trainer
-
-
-def train_metrics(trainer, data: PrefData, cfg: DPOStageConfig) -> dict:
-    """Final train loss and the DPO implicit-reward accuracy/margin on (up to ``train_eval_rows``) train pairs."""
-    from datasets import Dataset
-
-    history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    ev = trainer.evaluate(eval_dataset=Dataset.from_list(data.train[:cfg.data.train_eval_rows]))
-    return {
-        "loss": losses[-1] if losses else None,
-        "mean_loss": next((h["train_loss"] for h in history if "train_loss" in h), None),
-        "steps": trainer.state.global_step,
-        "reward_accuracy": ev.get("eval_rewards/accuracies"),
-        "reward_margin": ev.get("eval_rewards/margins"),
-        "eval_loss": ev.get("eval_loss"),
-        "n": min(len(data.train), cfg.data.train_eval_rows),
-    }
-
-
-def save_outputs(cfg: DPOStageConfig, trainer, tokenizer, base: Path, rt: Runtime, out: DPOOutputs):
-    """Save the adapter, then the merged full model (on an unquantized base when training was quantized)."""
-    from peft import PeftModel
-
-    trainer.model.save_pretrained(str(out.adapter))
-    tokenizer.save_pretrained(str(out.adapter))
-    if rt.quantized:
-        import torch
-
-        trainer.model = None  # free the quantized weights before loading the full-precision base
-        torch.cuda.empty_cache()
-        full = load_model(base, rt, cfg.quant, full_precision=True)
-        merged = PeftModel.from_pretrained(full, str(out.adapter)).merge_and_unload()
-    else:
-        merged = trainer.model.merge_and_unload()
-    merged.save_pretrained(str(out.model), safe_serialization=True)
-    tokenizer.save_pretrained(str(out.model))
-    return merged
 
 
 def heldout_scores(cfg: DPOStageConfig, model, tokenizer, data: PrefData, desc: str, *,
@@ -362,8 +218,7 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     the :class:`~search.rundir.DPOOutputs` layout. On CPU the preference scoring runs at ``threads`` torch
     threads (None: torch's default); training keeps torch's default."""
     base, files = Path(base), DPOOutputs(Path(out))
-    if files.metrics.exists():
-        raise UserError(f"--out {str(files.root)!r} already holds a DPO run ({files.metrics.name}): give a new folder")
+    _raise(finished_problems(files))
     rt = resolve_runtime(cfg)
     model, tokenizer = load_base(cfg, base, rt)
     data = load_data(cfg, tokenizer)

@@ -1,4 +1,5 @@
-"""The export stage: a trial of the study as a stock mergekit recipe plus its :class:`TrialRecord` sidecar."""
+"""The export stage (``export``): a trial of the study as a stock mergekit recipe plus its
+:class:`~search.rundir.TrialRecord` sidecar (``merge-search export`` on its own)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,32 @@ import optuna
 
 from objectives.errors import UserError
 from search.driver.study import feasible_front, is_feasible, ranked_trials
-from search.merge import load_recipe, remerge, versions
+from search.merge import remerge, versions, with_recipe
 from search.preflight import local_models, output_problems, raise_problems
-from search.rundir import TrialRecord
+from search.rundir import RunDir, TrialRecord
+from search.stages.base import StageContext
 
-__all__ = ["export_trial", "pick_trial", "winner"]
+__all__ = ["NAME", "SECTIONS", "export_trial", "pick_trial", "problems", "run", "winner"]
+
+NAME = "export"
+SECTIONS: tuple[str, ...] = ()
+
+
+def problems(cfg, run: RunDir) -> list[str]:
+    """Nothing of its own: it reads the study the search stage made."""
+    return []
+
+
+def run(cfg, run: RunDir, ctx: StageContext) -> TrialRecord:
+    """The winner (:func:`winner`) as ``RUN/best.yaml`` + ``best.json``."""
+    from search.driver.study import load_study
+
+    study = load_study(run.root)
+    trial = winner(study)
+    if len(study.directions) > 1:
+        ctx.log(f"multi-objective: exporting trial {trial.number}, the feasible trial with the best primary value "
+                f"{trial.values[0]:.4f} (secondary {trial.values[1]:.4f})")
+    return export_trial(study, trial, run.best_yaml)
 
 
 def pick_trial(study: optuna.Study, which: str | int = "best") -> optuna.trial.FrozenTrial:
@@ -23,21 +45,21 @@ def pick_trial(study: optuna.Study, which: str | int = "best") -> optuna.trial.F
         try:
             number = int(which)
         except ValueError:
-            raise UserError(f"--trial must be a trial number or 'best', but got {which!r}") from None
+            raise UserError(f"trial must be a trial number or 'best', but got {which!r}") from None
         trials = study.get_trials(deepcopy=False)
         if not 0 <= number < len(trials):
-            raise UserError(f"--trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}")
+            raise UserError(f"trial {number}: study {study.study_name!r} has trials 0..{len(trials) - 1}")
         return trials[number]
     ranked = ranked_trials(study)
     if not ranked:
         raise UserError(f"study {study.study_name!r} has no COMPLETE trial yet: run the search first")
     if not is_feasible(ranked[0]):
         raise UserError(f"study {study.study_name!r}: no COMPLETE trial meets objective.constraints (see each "
-                        "trial's `violations`): pass --trial N to export one anyway, or relax the constraints")
+                        "trial's `violations`): pick a trial by its number to export one anyway, or relax the constraints")
     if len(study.directions) > 1:
         front = sorted(t.number for t in feasible_front(study))
         raise UserError(f"study {study.study_name!r} is multi-objective, so there is no single best: pass "
-                        f"--trial N with N from the Pareto front {front} (trial {ranked[0].number} has the "
+                        f"a trial number from the Pareto front {front} (trial {ranked[0].number} has the "
                         "best primary value)")
     return ranked[0]
 
@@ -61,17 +83,18 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str 
     ``verify``: re-merge the trial first (:func:`search.merge.remerge`) and refuse when the hash differs."""
     out = Path(out)
     if out.suffix not in (".yaml", ".yml"):
-        raise UserError(f"--out must end in .yaml or .yml, but got {str(out)!r}")
-    record = TrialRecord.from_trial(trial, study.study_name)
-    models = [str(m) for m in load_recipe(record.recipe_dict()).referenced_models()]
-    problems = output_problems(out, what="--out", inputs=local_models(models), file=True)
+        raise UserError(f"the export file must end in .yaml or .yml, but got {str(out)!r}")
+    record = with_recipe(TrialRecord.from_trial(trial, study.study_name))  # parsed once, re-merged with it
+    models = record.parsed.referenced_models()
+    problems = output_problems(out, what="export file", inputs=local_models(models), file=True)
     existing = [p for p in (out, out.with_suffix(".json")) if p.is_file()]
     if existing and not _is_export(out):
-        problems += [f"--out {str(p)!r} exists and is not an earlier export: choose another --out" for p in existing]
+        problems += [f"export file {str(p)!r} exists and is not an earlier export: choose another file name"
+                     for p in existing]
     raise_problems(problems, "export")
     if record.weights_sha256 is None:
         raise UserError(f"trial {trial.number} ({trial.state.name}) was never merged and scored, so it has no "
-                        "weights_sha256 to reproduce: pick a COMPLETE or PRUNED --trial")
+                        "weights_sha256 to reproduce: pick a COMPLETE or PRUNED trial")
     if verify:
         remerge(record)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The MT-Bench stage: which models answer, how a model source becomes a chat model, and the comparison.
+"""The MT-Bench stage (``mtbench``): which models answer, how a model source becomes a chat model, and the comparison.
 
 The stage itself (questions -> answers -> judge -> scores) lives in :mod:`objectives.mtbench`; this module
 connects it to runs: :func:`run_mtbench_stage` answers with the sources (``pipeline.mtbench_sources``), the
@@ -19,16 +19,51 @@ from objectives.mtbench.client import HttpSettings
 from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
+from objectives.mtbench.questions import source_problems as question_problems
 from objectives.mtbench.run import SCORES_FILE, rated, run_mtbench
 from objectives.schema import load_yaml, validate
 from objectives.templates import resolve_chat_template
 from search.config import RunConfig, load_run_config
-from search.merge import record_of, remerge
+from search.merge import Recipe, record_of, remerge
 from search.merge.sources import model_folder_problems
 from search.preflight import raise_problems
 from search.rundir import RunDir
+from search.stages.base import StageContext
+from search.stages.chat_templates import merge_template, source_templates
 
-__all__ = ["chat_model", "mtbench_config", "mtbench_models", "run_mtbench_stage"]
+__all__ = ["NAME", "SECTIONS", "chat_model", "mtbench_config", "mtbench_models", "problems", "run",
+           "run_mtbench_stage"]
+
+NAME = "mtbench"
+SECTIONS = ("mtbench",)
+
+
+def problems(cfg: RunConfig, run: RunDir) -> list[str]:
+    """The question set, the configured chat template, and the models that would answer without a template."""
+    out = question_problems(cfg.mtbench.questions)
+    try:
+        _template(cfg.mtbench)
+    except UserError as err:
+        out.append(str(err))
+        return out
+    if cfg.mtbench.chat_template in (None, "model"):
+        found = source_templates(cfg.space)
+        asked = {"the merge": merge_template(cfg.space, found)[0]} | (found if cfg.pipeline.mtbench_sources else {})
+        lacking = [name for name, has in asked.items() if has is False]
+        if lacking:
+            out.append(f"mtbench.chat_template is not set but these models have no chat template: "
+                       f"{', '.join(lacking)}: set mtbench.chat_template (chatml, a Jinja template or a .jinja "
+                       "file; models with their own template keep it)")
+    return out
+
+
+def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> None:
+    """:func:`run_mtbench_stage`; a stage re-run on purpose (``ctx.redo``) re-judges every model (answers asked
+    with the same settings come from the stage's cache)."""
+    if ctx.redo:
+        for scores in run.mtbench.glob(f"*/{SCORES_FILE}"):
+            scores.unlink()
+    run_mtbench_stage(cfg, run, log=ctx.log)
 
 
 def mtbench_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> MTBenchConfig:
@@ -48,35 +83,37 @@ def mtbench_config(path: str | Path | None, overrides: dict[str, Any] | None = N
     return validate(MTBenchConfig, {**base, **overrides, "judge": judge}, f"{path or 'command line'}: mtbench")
 
 
-def chat_model(source: str, cfg: MTBenchConfig, *, endpoint_model: str | None = None,
+def chat_model(source: str | Recipe, cfg: MTBenchConfig, *, endpoint_model: str | None = None,
                endpoint_api_key_env: str = "OPENAI_API_KEY", merge_seed: int = 0):
-    """A chat model for ``source``: a model folder, a recipe ``.yaml`` (merged in memory) or an endpoint URL."""
-    if source.startswith(("http://", "https://")):
+    """A chat model for ``source``: a model folder, a recipe (a ``.yaml`` file or a :class:`~search.merge.Recipe`,
+    merged in memory) or an endpoint URL."""
+    recipe = source if isinstance(source, Recipe) else None
+    if recipe is None and source.startswith(("http://", "https://")):
         if not endpoint_model:
-            raise UserError(f"--model {source!r} is an endpoint: also pass --endpoint-model NAME (the model there)")
+            raise UserError(f"model {source!r} is an endpoint: also name the model there (endpoint_model)")
         j = cfg.judge
         return EndpointChatModel(HttpSettings(
             base_url=source, model=endpoint_model, api_key_env=endpoint_api_key_env, concurrency=j.concurrency,
             retries=j.retries, backoff_s=j.backoff_s, max_backoff_s=j.max_backoff_s, timeout_s=j.timeout_s))
-    path = Path(source)
+    path = Path(source) if recipe is None else None
     if cfg.device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError(f"mtbench.device {cfg.device!r} but torch sees no CUDA device: use --device cpu")
-    if path.is_dir():
-        raise_problems(model_folder_problems(path, "--model"), "mtbench")
+            raise UserError(f"mtbench.device {cfg.device!r} but torch sees no CUDA device: use device cpu")
+    if path is not None and path.is_dir():
+        raise_problems(model_folder_problems(path, "model"), "mtbench")
         return LocalChatModel.from_pretrained(path, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
                                               chat_template=_template(cfg))
-    if path.is_file() and path.suffix in (".yaml", ".yml"):
-        record = record_of(path, seed=merge_seed, device=cfg.device)
+    if recipe is not None or (path.is_file() and path.suffix in (".yaml", ".yml")):
+        record = record_of(recipe or path, seed=merge_seed, device=cfg.device)
         res = remerge(record)
         fingerprint = json.dumps(["recipe", record.recipe, merge_seed, cfg.device])
         return LocalChatModel(res.model, res.tokenizer, device=cfg.device, batch_size=cfg.batch_size, seed=cfg.seed,
                               chat_template=_template(cfg),
                               fingerprint=fingerprint)
     raise UserError(
-        f"--model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; pass one of those"
+        f"model {source!r} is neither a model folder, a recipe .yaml nor an http(s) endpoint URL; give one of those"
     )
 
 
@@ -99,15 +136,13 @@ def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
 def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
     """MT-Bench for every model of :func:`mtbench_models` (models with scores already are skipped), then
     ``comparison.md`` and ``comparison.png`` with the merge as the baseline."""
-    if cfg.mtbench.questions is None:
-        raise UserError("mtbench.questions is not set: give a FastEval .json, FastChat .jsonl or dataset id")
     names, scores = [], []
     for name, path in mtbench_models(cfg, run).items():
         out = run.mtbench_model(name)
         if not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # per-model resume
             if not path.is_dir():
                 raise UserError(f"mtbench: model folder {str(path)!r} for {name!r} is missing: re-run with "
-                                "--from dpo (or download the source model)")
+                                "from stage 'dpo' (or download the source model)")
             log(f"MT-Bench: {name}")
             model = LocalChatModel.from_pretrained(path, device=cfg.mtbench.device, batch_size=cfg.mtbench.batch_size,
                                                    chat_template=_template(cfg.mtbench),

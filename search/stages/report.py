@@ -24,10 +24,26 @@ import optuna
 
 from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir, TrialRecord
-from search.stages.heldout import HeldoutReport
+from search.stages.base import StageContext
+from search.stages.heldout_report import HeldoutReport
 from search.stages.plots import history_figure, parameter_figure
 
-__all__ = ["headline", "write_report"]
+__all__ = ["NAME", "SECTIONS", "headline", "problems", "run", "write_report"]
+
+NAME = "report"
+SECTIONS: tuple[str, ...] = ()
+
+
+def problems(cfg, run: RunDir) -> list[str]:
+    """Nothing of its own: it reads what the other stages wrote."""
+    return []
+
+
+def run(cfg, run: RunDir, ctx: StageContext) -> Path:
+    """``RUN/report.md`` and ``RUN/plots/`` (:func:`write_report`) with the run's study."""
+    from search.driver.study import load_study
+
+    return write_report(run.root, load_study(run.root))
 
 
 def _load(path: Path) -> Any | None:

@@ -19,7 +19,7 @@ from objectives.objective import Objective, cpu_threads
 from objectives.selection import ItemMatrix, ordered
 from search.config import RunConfig
 from search.rundir import RunDir
-from search.stages.heldout import candidates
+from search.stages.candidates import candidates
 
 __all__ = ["item_matrix", "matrix_items"]
 
@@ -64,7 +64,7 @@ def item_matrix(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> ItemMa
     for c in tqdm(sources, desc="item matrix: scoring the sources", unit="model", disable=not progress):
         model, tok = c.load()
         with cpu_threads(cfg.objective.threads, model.device):
-            per_source.append(objective.score(model, tok, split="search", stage=-1).values)
+            per_source.append(objective.score(model, tok, split="search", rung=-1).values)
         del model, tok
         _free()
     values = {task: {i: tuple(float(v[task][i]) for v in per_source) for i in sorted(per_source[0][task])}

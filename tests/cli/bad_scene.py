@@ -15,7 +15,7 @@ import yaml
 
 from search.cli import main
 from search.config import load_run_config, save_run_config
-from search.preflight import study_fingerprint
+from search.stages.optimize import study_fingerprint
 from search.rundir import RunDir, RunManifest, TrialAttr
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,13 +55,12 @@ DROP = object()
 def config_data(world) -> dict:
     data = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text(encoding="utf-8"))
     root = Path(world.root)
-    data["world"] = {"path": str(root), "seed": 0}
     data["space"]["base_model"] = str(world.base)
     data["space"]["models"] = [{"model": str(p), "name": n} for n, p in world.experts.items()]
     data["objective"]["include_paths"] = [str(root / "tasks")]
     for t in data["objective"]["tasks"]:
         t["subset"] = 20
-    data["objective"]["stages"] = ["all"]
+    data["objective"]["rungs"] = ["all"]
     data["dpo"]["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"])}
     data["mtbench"]["questions"] = str(root / "mtbench" / "question.jsonl")
     return data

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from demoworld import text as T
-from demoworld.build import SKILLS
+from demoworld.layout import SKILLS
 from demoworld.chat import GENERIC_QUESTIONS, QUESTIONS_PER_SKILL, mtbench_questions
 from demoworld.report import evaluate_model_dir
 from objectives.mtbench.config import MTBenchConfig

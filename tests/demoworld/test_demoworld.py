@@ -14,7 +14,8 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer, MistralForCausalLM
 
 from demoworld import text as T
-from demoworld.build import SKILLS, build_world, load_manifest
+from demoworld.build import build_world, load_manifest
+from demoworld.layout import SKILLS
 from demoworld.report import world_report
 
 BIN = Path(sys.executable).parent

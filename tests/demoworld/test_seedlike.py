@@ -15,7 +15,9 @@ from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from demoworld import text as T
-from demoworld.build import BUILDER_VERSION, PLAIN_PROMPT, SKILLS, build_world, load_manifest, task_yaml
+from demoworld.build import build_world, load_manifest
+from demoworld.demo import BUILDER_VERSION
+from demoworld.layout import PLAIN_PROMPT, SKILLS, task_yaml
 from demoworld.seedlike import ZEPHYR_TEMPLATE, chatml_to_zephyr, plain_doc
 from demoworld.text import conversation
 from objectives.errors import UserError

@@ -10,8 +10,9 @@ import signal
 import pytest
 from optuna.trial import TrialState
 
-from search.driver import Driver, SimulatedWorker
+from search.driver import Driver
 from search.driver.study import SearchConfig, enqueue_warm_start, fail_orphans, open_study
+from search.driver.testing import SimulatedWorker
 
 
 pytestmark = pytest.mark.usefixtures("ray_local")  # the session's one in-process Ray (tests/conftest.py)
@@ -85,8 +86,8 @@ def test_raising_worker_fails_trial_and_requeues_params(tmp_path):
 def test_killed_worker_fails_trial_is_replaced_and_search_completes(tmp_path):
     killed = []
 
-    def kill_mid_trial(number, stage, info):
-        if number == 2 and stage == 1 and not killed:
+    def kill_mid_trial(number, rung, info):
+        if number == 2 and rung == 1 and not killed:
             killed.append(info.pid)
             os.kill(info.pid, signal.SIGKILL)
 
@@ -125,6 +126,8 @@ def test_pruning_lowers_items_evaluated(tmp_path):
     assert all(t.user_attrs["items_evaluated"] < 400 for t in pruned)
     assert all(t.intermediate_values for t in pruned)  # steps are items evaluated
     assert set(pruned[0].intermediate_values) <= {20, 100}
+    assert {t.user_attrs["rung"] for t in pruned} <= {0, 1}  # the last rung a trial reached
+    assert {t.user_attrs["rung"] for t in sha.study.get_trials(states=(TrialState.COMPLETE,))} == {2}
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "gp", "cmaes", "random", "nsgaii"])
@@ -190,8 +193,8 @@ def test_orphans_killed_before_dispatch_lose_no_queued_recipe(tmp_path):
 
 
 def test_ctrl_c_stops_asking_and_lets_running_trials_finish(tmp_path):
-    def interrupt(number, stage, info):
-        if number == 2 and stage == 0:
+    def interrupt(number, rung, info):
+        if number == 2 and rung == 0:
             os.kill(os.getpid(), signal.SIGINT)
 
     worker = functools.partial(SimulatedWorker, items=(50, 100), seconds=0.3)
@@ -200,4 +203,4 @@ def test_ctrl_c_stops_asking_and_lets_running_trials_finish(tmp_path):
     assert res.interrupted
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert 3 <= len(study.trials) <= 4  # asked nothing after the interrupt
-    assert study.trials[2].state == TrialState.COMPLETE  # the running trial finished all its stages
+    assert study.trials[2].state == TrialState.COMPLETE  # the running trial finished all its rungs

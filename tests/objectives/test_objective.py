@@ -17,7 +17,7 @@ def make(world, seed=0, **task_over) -> Objective:
              {"name": world.tasks["search"]["artikel"], "test_task": world.tasks["test"]["artikel"],
               "subset": 24, "heldout": 12, "weight": 3.0}]
     data = {"include_paths": [str(world.include_path)], "include_defaults": False, "subset_seed": seed,
-            "stages": [8, "all"], "batch_size": 16, "tasks": tasks}
+            "rungs": [8, "all"], "batch_size": 16, "tasks": tasks}
     return Objective(validate(ObjectiveConfig, data, "objective"))
 
 
@@ -37,7 +37,7 @@ def test_subsets_are_fixed_by_the_seed_and_held_out_is_disjoint(world):
     art = a.subsets[world.tasks["search"]["artikel"]]
     assert art.heldout_task == world.tasks["test"]["artikel"] and len(art.heldout) == 12
     assert [len(s) for s in a.samples("search", 0).values()] == [8, 8]
-    assert set(a.samples("search", 0)[z.task]) <= set(a.samples("search", 1)[z.task])  # nested stages
+    assert set(a.samples("search", 0)[z.task]) <= set(a.samples("search", 1)[z.task])  # nested rungs
 
 
 def test_subset_larger_than_the_task_is_reported(world):
@@ -45,13 +45,13 @@ def test_subset_larger_than_the_task_is_reported(world):
         make(world, subset=190, heldout=20)
 
 
-def test_staged_scoring_equals_a_fresh_full_evaluation(world, expert):
+def test_rung_by_rung_scoring_equals_a_fresh_full_evaluation(world, expert):
     obj = make(world)
     model, tok = expert
-    stages = list(obj.iter_stages(model, tok))
-    assert [r.items for r in stages] == [16, 48] and [r.final for r in stages] == [False, True]
-    fresh = obj.score(model, tok, stage=-1)
-    assert fresh.tasks == pytest.approx(stages[-1].tasks) and fresh.score == pytest.approx(stages[-1].score)
+    rungs = list(obj.iter_rungs(model, tok))
+    assert [r.items for r in rungs] == [16, 48] and [r.final for r in rungs] == [False, True]
+    fresh = obj.score(model, tok, rung=-1)
+    assert fresh.tasks == pytest.approx(rungs[-1].tasks) and fresh.score == pytest.approx(rungs[-1].score)
     z, art = (world.tasks["search"][s] for s in ("zahlen", "artikel"))
     assert fresh.score == pytest.approx((fresh.tasks[z] + 3 * fresh.tasks[art]) / 4)
     # the zahlen expert knows numbers far better than articles

@@ -25,14 +25,14 @@ def tm():
 def test_bare_metric_gets_the_none_filter_and_defaults_are_in_the_schema():
     c = cfg()
     assert c.tasks[0].metric == "acc_norm,none"
-    assert c.stages == ["all"] and c.batch_size == 32 and c.aggregate == "weighted_mean"
+    assert c.rungs == ["all"] and c.batch_size == 32 and c.aggregate == "weighted_mean"
 
 
 def test_schema_problems_are_reported_together():
     with pytest.raises(UserError) as e:
-        cfg(stages=[200, 50], fewshot_as_multiturn=True, constraints=[{"objective": "englsh", "min": 0.5}])
+        cfg(rungs=[200, 50], fewshot_as_multiturn=True, constraints=[{"objective": "englsh", "min": 0.5}])
     msg = str(e.value)
-    assert "stages: must grow" in msg and "apply_chat_template" in msg
+    assert "rungs: must grow" in msg and "apply_chat_template" in msg
     assert "'englsh'" in msg
 
 

@@ -11,7 +11,7 @@ from objectives.errors import UserError
 from objectives.schema import validate
 from search.stages import prefdata
 from search.stages.dpo import load_data, resolve_runtime
-from search.stages.dpo_config import DPOStageConfig
+from search.dpo_config import DPOStageConfig
 from search.stages.dpo import load_dpo_config
 
 

@@ -9,7 +9,6 @@ import optuna
 import pytest
 import yaml
 
-from objectives.errors import UserError
 from search.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +22,7 @@ def small_config(world, tmp_path, monkeypatch):
     data["objective"]["tasks"] = [
         {"name": "demo_zahlen_search", "test_task": "demo_zahlen_test", "subset": 16, "heldout": 16},
         {"name": "demo_artikel_search", "subset": 16, "heldout": 16}]
-    data["objective"]["stages"] = ["all"]
+    data["objective"]["rungs"] = ["all"]
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -70,8 +69,8 @@ def test_hash_mismatch_is_a_user_error(small_config, tmp_path, capsys):
 
 
 def test_top_k_needs_run(small_config):
-    with pytest.raises(UserError, match="--top-k needs --run"):
-        from search.config import load_run_config
-        from search.stages.heldout import evaluate_models
+    from search.config import load_run_config
+    from search.stages.heldout import standalone_problems
 
-        evaluate_models(load_run_config(small_config), small_config.parent, top_k=2)
+    problems = standalone_problems(load_run_config(small_config), small_config.parent / "new", top_k=2)
+    assert [p for p in problems if "top_k trials need the run folder" in p] == problems != []

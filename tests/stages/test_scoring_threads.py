@@ -11,8 +11,9 @@ from objectives.config import ObjectiveConfig
 from objectives.objective import Objective
 from objectives.schema import validate
 from search.stages.dpo import SCORING_THREADS, PrefData, heldout_scores
-from search.stages.dpo_config import DPOStageConfig
-from search.stages.heldout import Candidate, evaluate_candidates
+from search.dpo_config import DPOStageConfig
+from search.stages.candidates import Candidate
+from search.stages.heldout import evaluate_candidates
 
 @pytest.fixture(scope="module")
 def watched(world):

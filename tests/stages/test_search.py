@@ -141,7 +141,8 @@ def test_export_is_reproduced_by_stock_mergekit(two_worker_run, tmp_path):
 
 def test_killed_worker_fails_trial_and_search_completes(world, ray_local, tmp_path):
     from search.config import load_run_config
-    from search.driver import Driver, MergeEvalWorker
+    from search.driver import Driver
+    from search.stages.trial_worker import MergeEvalWorker
     from search.merge import suggest_params
     from search.driver.study import open_study
 
@@ -149,8 +150,8 @@ def test_killed_worker_fails_trial_and_search_completes(world, ray_local, tmp_pa
     study = open_study(cfg.search, name="t", run_dir=tmp_path / "run", seed=0)
     killed = []
 
-    def kill_mid_trial(number, stage, info):
-        if number == 1 and stage == 1 and not killed:
+    def kill_mid_trial(number, rung, info):
+        if number == 1 and rung == 1 and not killed:
             killed.append(info.pid)
             os.kill(info.pid, signal.SIGKILL)
 
@@ -168,7 +169,8 @@ def test_killed_worker_fails_trial_and_search_completes(world, ray_local, tmp_pa
 
 def test_pruning_lowers_items_evaluated(world, ray_local, tmp_path):
     from search.config import load_run_config
-    from search.driver import Driver, MergeEvalWorker
+    from search.driver import Driver
+    from search.stages.trial_worker import MergeEvalWorker
     from search.merge import suggest_params
     from search.driver.study import open_study
 
@@ -191,10 +193,11 @@ def test_constrained_two_objective_search_ranks_feasible_trials_first(world, ray
     """NSGA-II on (zahlen + artikel, verben) with verben >= 0.5: constraint values reach Optuna, and the
     held-out top-K and the pipeline's winner skip a trial with a higher primary score that breaks it."""
     from search.config import load_run_config
-    from search.driver import Driver, MergeEvalWorker
+    from search.driver import Driver
+    from search.stages.trial_worker import MergeEvalWorker
     from search.merge import recipe_text, suggest_params
     from search.stages.export import export_trial, winner
-    from search.stages.heldout import evaluate_models, top_trials
+    from search.stages.heldout import evaluate, top_trials
     from search.driver.study import is_feasible, open_study, ranked_trials
 
     search_tasks = world.tasks["search"]
@@ -237,7 +240,7 @@ def test_constrained_two_objective_search_ranks_feasible_trials_first(world, ray
     assert top[0].number == best_feasible.number
     export_trial(study, winner(study), run / "best.yaml")
     assert json.loads((run / "best.json").read_text())["trial"] == best_feasible.number
-    evaluate_models(cfg, tmp_path / "eval", run=run, top_k=1, log=lambda m: None)
+    evaluate(cfg, tmp_path / "eval", study_run=run, top_k=1, log=lambda m: None)
     held = json.loads((tmp_path / "eval" / "heldout.json").read_text())["models"][f"trial:{best_feasible.number}"]
     # re-merged from its recipe and seed, the trial scores what it scored in the search, on both objectives
     assert (held["search_avg"], held["secondary_avg"]) == pytest.approx(tuple(best_feasible.values))

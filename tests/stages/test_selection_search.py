@@ -12,7 +12,7 @@ from objectives.objective import Objective, aggregate
 from objectives.selection import ItemMatrix, informative_order
 from search.config import load_run_config
 from search.rundir import RunDir, TrialAttr
-from search.stages.search import run_search
+from search.stages.optimize import run_search
 
 
 def _study(run) -> optuna.Study:

@@ -1,4 +1,5 @@
-"""The search stage: :func:`run_search` runs (or resumes) the Ray-parallel Optuna search of a run config.
+"""The search stage (``search``): :func:`run_search` runs (or resumes) the Ray-parallel Optuna search of a run
+config.
 
 A run folder (:class:`~search.rundir.RunDir`) holds the study (``study.db`` unless ``search.storage`` names
 another URL), ``artifacts/`` (each trial's mergekit YAML), the manifest ``run.json`` and ``resolved.yaml``.
@@ -20,16 +21,24 @@ from typing import Any
 import optuna
 
 from objectives.errors import UserError
+from objectives.objective import Objective
 from search.config import RunConfig, save_run_config
 from search.driver.driver import Driver, DriverResult, init_ray
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
-from search.driver.workers import MergeEvalWorker
 from search.merge import params_from_recipe, recipe_text, suggest_params
-from search.preflight import raise_problems, run_problems, study_fingerprint
+from search.merge.sources import is_local, source_problems
+from search.preflight import RESOURCE_KEYS, as_read_back, config_diff, storage_problems
 from search.rundir import RunDir, RunManifest, TrialAttr
+from search.stages.base import StageContext, StageInterrupted
 from search.stages.selection import item_matrix, matrix_items
+from search.stages.trial_worker import MergeEvalWorker
 
-__all__ = ["SearchSummary", "run_search", "warm_params"]
+__all__ = ["NAME", "SECTIONS", "SearchSummary", "problems", "run", "run_search", "study_fingerprint",
+           "study_owner_problems", "warm_params"]
+
+NAME = "search"
+# What the study holds: a change in one of these sections makes another study (another run folder).
+SECTIONS = ("name", "seed", "device", "space", "objective", "recipes", "search")
 
 
 @dataclass(frozen=True)
@@ -62,18 +71,81 @@ def warm_params(cfg: RunConfig) -> list[dict[str, Any]]:
     return [params_from_recipe(cfg.space, r) for r in (cfg.recipes or [])]
 
 
-def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = None, progress: bool = True,
-               check: bool = True) -> SearchSummary:
+# ------------------------------------------------------------------------------------------------ the contract
+
+
+def problems(cfg: RunConfig, run: RunDir) -> list[str]:
+    """The search's inputs: source models (folders, safetensors headers, architectures, shapes, vocabularies),
+    the tasks (exist, enough documents), the tokenizer source, the storage URL and the study it may already
+    hold (made by another config?)."""
+    out = source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
+                          vocabulary=cfg.space.vocabulary_source)
+    try:
+        Objective(cfg.objective)
+    except UserError as err:
+        out.append(str(err))
+    url = run.storage_url(cfg.search.storage)
+    out += storage_problems(url, creating=run.root) or study_owner_problems(cfg, url)
+    field, tok = (("space.tokenizer.source", cfg.space.tokenizer.source) if cfg.space.tokenizer
+                  else ("space.tokenizer_source", cfg.space.tokenizer_source))
+    if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
+        out.append(f"{field} {tok!r} is not a folder: give a model folder, 'base' or 'union'")
+    return out
+
+
+def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> SearchSummary:
+    """The search stage of the pipeline: :func:`run_search`; a stopped search raises :class:`StageInterrupted`."""
+    summary = run_search(cfg, run.root, address=ctx.address, progress=ctx.progress)
+    if summary.interrupted:
+        raise StageInterrupted(NAME)
+    return summary
+
+
+def study_fingerprint(cfg: RunConfig) -> dict:
+    """The keys of ``cfg`` that decide what a study's trials mean: its :data:`SECTIONS`, less how much is run
+    (:data:`~search.preflight.RESOURCE_KEYS`) and where the study is stored."""
+    data = {k: v for k, v in as_read_back(cfg).items() if k in SECTIONS}
+    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"}:
+        section, name = key.split(".")
+        data.get(section, {}).pop(name, None)
+    return data
+
+
+def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
+    """A study in the storage that another config made (its recorded fingerprint differs): its trials would
+    be mixed with this config's. Reads an existing database only (never creates one)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        return []
+    name = cfg.search.study_name or cfg.name
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        return []
+    recorded = study.user_attrs.get(TrialAttr.STUDY_CONFIG)
+    keys = config_diff(recorded, study_fingerprint(cfg)) if recorded is not None else []
+    if keys:
+        shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+        return [f"study {name!r} in {url} was made by a different config: {shown} differ, so its trials "
+                "would be mixed: set search.study_name to a new name, or use another storage"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------------ the search
+
+
+def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = None,
+               progress: bool = True) -> SearchSummary:
     """Run (or resume) the Ray-parallel search of ``cfg`` in ``run_dir`` until ``search.n_trials`` trials of
     the study are finished; writes ``resolved.yaml``, ``run.json`` and ``summary.json``.
 
-    ``check``: first check every input (:func:`search.preflight.run_problems`) and refuse, creating nothing,
-    when one is wrong (the pipeline checks once for all its stages and passes False)."""
+    The inputs are not checked here: :func:`search.pipeline.check_run` (``stages=["search"]``) does that
+    first, creating nothing, as ``merge-search search`` and ``run_pipeline`` do."""
     run = RunDir(run_dir)
     scfg = cfg.search
     warm = warm_params(cfg)
-    if check:
-        raise_problems(run_problems(cfg, run, address=address), f"cannot search {cfg.name!r}")
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
     study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
                        x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))

@@ -1,4 +1,8 @@
-"""``merge-search demo-world build|report``."""
+"""``merge-search demo-world build|report``: a plugin sub-command of ``merge-search``.
+
+The product does not import the demo: ``search.cli`` finds this command through the ``merge_search.commands``
+entry point (pyproject.toml: ``demo-world = "demoworld.cli:register"``).
+"""
 
 from __future__ import annotations
 

@@ -15,8 +15,9 @@ from search.config import load_run_config
 from search.driver.study import load_study, resolve_storage
 from search.preflight import raise_problems, storage_problems
 from search.stages.export import export_trial, pick_trial
-from search.stages.search import run_search
-from search.stages.world import ensure_world
+from search.pipeline import check_run
+from search.rundir import RunDir
+from search.stages.optimize import run_search
 
 __all__ = ["register"]
 
@@ -65,8 +66,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if value < 1:
             raise UserError(f"--{key.replace('_', '-')} must be >= 1, but got {value}")
     cfg = cfg.model_copy(update={"search": cfg.search.model_copy(update=override)})
-    ensure_world(cfg, quiet=True)
-    run_dir = Path(args.out or Path("results") / cfg.name)
+    run_dir = RunDir.of(args.out, cfg.name).root
+    check_run(cfg, RunDir(run_dir), ["search"], address=args.address)
     summary = run_search(cfg, run_dir, address=args.address, progress=not args.no_progress)
     print(yaml.safe_dump({"run": str(run_dir), **dataclasses.asdict(summary)}, sort_keys=False).rstrip())
     return 130 if summary.interrupted else 0
