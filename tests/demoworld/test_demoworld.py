@@ -156,7 +156,7 @@ def test_bad_out_is_one_clear_error(world, tmp_path, target):
     res = run_cli(*args)
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("merge-search: error: --out"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith("merge-search: error: world folder"), res.stderr
     if target == "nonempty":
         assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
 

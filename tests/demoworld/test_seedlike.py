@@ -160,7 +160,7 @@ def test_demo_kind_on_seedlike_world_is_one_clear_error(seedlike_world):
     res = run_cli("demo-world", "build", "--out", str(seedlike_world.root))
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("merge-search: error: --out"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith("merge-search: error: world folder"), res.stderr
     assert "seedlike world" in lines[0] and "not a demo world" in lines[0]
 
 
