@@ -29,7 +29,7 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
-from objectives.schema import ConfigProblems, Strict
+from objectives.schema import ConfigProblems, Strict, refused_key
 
 __all__ = ["Constraint", "ObjectiveConfig", "ScoreSpec", "SecondaryObjective", "Size", "TaskSpec"]
 
@@ -152,13 +152,8 @@ class ObjectiveConfig(ScoreSpec):
     secondary: SecondaryObjective | None = None
     constraints: list[Constraint] = []
 
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data):
-        if isinstance(data, dict) and "stages" in data:
-            raise ValueError("`stages` was renamed to `rungs` (objective.rungs: items per task at each rung of "
-                             "successive halving; same values): rename the key")
-        return data
+    _renamed = refused_key("stages", "`stages` was renamed to `rungs` (objective.rungs: items per task at each rung "
+                                     "of successive halving; same values): rename the key")
 
     @pydantic.model_validator(mode="after")
     def _check_objective(self) -> ObjectiveConfig:

@@ -14,7 +14,7 @@ import yaml
 
 from objectives.errors import UserError
 
-__all__ = ["NO_DEFAULT", "ConfigProblems", "Strict", "format_validation_error", "load_json", "load_yaml", "parse_yaml",
+__all__ = ["NO_DEFAULT", "ConfigProblems", "Strict", "refused_key", "format_validation_error", "load_json", "load_yaml", "parse_yaml",
            "schema_default", "validate"]
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -25,6 +25,17 @@ class Strict(pydantic.BaseModel):
     (a NaN or infinite value can only make every trial fail)."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+def refused_key(key: str, message: str):
+    """A ``mode="before"`` model validator for a key a section no longer takes (renamed or removed): the key
+    in the input is one config error, ``message`` (what it became, what to do)."""
+    def check(cls, data):
+        if isinstance(data, dict) and key in data:
+            raise ValueError(message)
+        return data
+
+    return pydantic.model_validator(mode="before")(classmethod(check))
 
 
 class ConfigProblems(ValueError):

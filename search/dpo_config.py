@@ -8,7 +8,7 @@ from typing import Literal
 import pydantic
 
 from objectives.errors import UserError
-from objectives.schema import Strict
+from objectives.schema import Strict, refused_key
 from objectives.templates import resolve_chat_template
 
 __all__ = ["DPOStageConfig", "DataSection", "LoraSection", "QuantSection", "TrainSection"]
@@ -80,13 +80,8 @@ class DPOStageConfig(Strict):
     quant: QuantSection = QuantSection()
     train: TrainSection = TrainSection()
 
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data):
-        if isinstance(data, dict) and "template" in data:
-            raise ValueError("`template` is now `chat_template` (same values: chatml, model; also Jinja or a "
-                             ".jinja file): rename the key")
-        return data
+    _renamed = refused_key("template", "`template` is now `chat_template` (same values: chatml, model; also Jinja "
+                                       "or a .jinja file): rename the key")
 
     @pydantic.field_validator("chat_template")
     @classmethod

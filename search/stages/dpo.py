@@ -15,16 +15,13 @@ Recipe-shaped, one function per step::
 Defaults are the seed's LLaMA-Factory run: QLoRA 4-bit NF4 double-quant bf16 compute, LoRA on q_proj,v_proj,
 lr 5e-6, cosine, warmup 0.1, 3 epochs, batch 8 x grad-accum 4, ChatML, beta 0.1.
 
-bitsandbytes 4-bit is never used on CPU: after one eval-mode forward it repacks the weights and later backward
-passes silently give no LoRA gradient (bitsandbytes 0.50.2). ``quant.mode: auto`` therefore means 4-bit on CUDA
-and an unquantized base elsewhere; asking for ``4bit`` without CUDA is an error.
+The trl + peft side (runtime, quantized base, trainer, outputs) is :mod:`search.stages.dpo_train`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +41,7 @@ from search.stages import prefdata
 from search.stages.base import StageContext
 from search.stages.chat_templates import merge_template
 from search.dpo_config import DPOStageConfig
-from search.stages.dpo_train import load_base, resolve_runtime, save_outputs, train, train_metrics
+from search.stages.dpo_train import load_base, log, resolve_runtime, save_outputs, train, train_metrics
 from search.stages.plots import plot_loss
 
 __all__ = [
@@ -79,10 +76,6 @@ class PrefData:
     report: dict = field(default_factory=dict)
 
 
-def _log(msg: str) -> None:
-    print(f"[dpo] {msg}", file=sys.stderr, flush=True)
-
-
 # ------------------------------------------------------------------------------------------------ the contract
 
 
@@ -115,7 +108,7 @@ def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[lis
     if bad.count:
         if cfg.data.bad_rows == "fail":
             raise UserError(bad.summary() + " (dpo.data.bad_rows is 'fail': fix the rows or set it to 'skip')")
-        _log("skipping " + bad.summary())
+        log("skipping " + bad.summary())
     if not pairs:
         raise UserError(f"preference data {source!r}: no usable pair left ({bad.summary()})")
     return pairs, {"source": source, "rows": len(rows), "usable": len(pairs), "bad": bad.count,
@@ -222,7 +215,7 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     rt = resolve_runtime(cfg)
     model, tokenizer = load_base(cfg, base, rt)
     data = load_data(cfg, tokenizer)
-    _log(f"{len(data.train)} train pairs, {len(data.heldout)} held-out pairs")
+    log(f"{len(data.train)} train pairs, {len(data.heldout)} held-out pairs")
     before = heldout_scores(cfg, model, tokenizer, data, "held-out before", threads=threads)
     files.root.mkdir(parents=True, exist_ok=True)
     trainer = train(cfg, model, tokenizer, data, rt, files)
@@ -239,7 +232,7 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     resolved = {"dpo": cfg.model_dump(mode="json"), "base": str(base),
                 "runtime": {"device": rt.device, "quantized": rt.quantized, "precision": rt.precision}}
     files.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    _log(f"held-out preference accuracy {before['pref_accuracy']:.3f} -> {after['pref_accuracy']:.3f}, train "
+    log(f"held-out preference accuracy {before['pref_accuracy']:.3f} -> {after['pref_accuracy']:.3f}, train "
          f"loss {metrics['train']['loss']:.4f}; adapter, model, metrics and loss plot in {files.root}")
     return metrics
 

@@ -22,6 +22,7 @@ __all__ = [
     "load_base",
     "load_model",
     "load_tokenizer",
+    "log",
     "resolve_runtime",
     "save_outputs",
     "train",
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 
-def _log(msg: str) -> None:
+def log(msg: str) -> None:
+    """One progress line of the DPO stage on stderr."""
     print(f"[dpo] {msg}", file=sys.stderr, flush=True)
 
 
@@ -110,7 +112,7 @@ def load_base(cfg: DPOStageConfig, base: Path, rt: Runtime):
                         "give a saved model folder, a recipe to re-merge, or set dpo.model")
     tokenizer = load_tokenizer(cfg, base)
     trainable_token_ids(cfg, tokenizer)
-    _log(f"base {base} on {rt.device} ({'QLoRA 4-bit' if rt.quantized else 'LoRA, unquantized'}, {rt.precision})")
+    log(f"base {base} on {rt.device} ({'QLoRA 4-bit' if rt.quantized else 'LoRA, unquantized'}, {rt.precision})")
     return load_model(base, rt, cfg.quant), tokenizer
 
 
@@ -145,7 +147,7 @@ def _step_bar():
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
 
-        def on_log(self, args, state, control, logs=None, **kwargs):
+        def onlog(self, args, state, control, logs=None, **kwargs):
             if self.bar is not None and logs and "loss" in logs:
                 self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}",
                                      reward_acc=f"{float(logs.get('rewards/accuracies', float('nan'))):.2f}")
@@ -182,9 +184,9 @@ def trainable_token_indices(cfg: DPOStageConfig, model, tokenizer) -> list[int] 
         return None
     names = tokenizer.convert_ids_to_tokens(ids)
     if getattr(model.config, "tie_word_embeddings", False):
-        _log(f"the rows of {names} stay frozen: the model ties its embeddings to the output head")
+        log(f"the rows of {names} stay frozen: the model ties its embeddings to the output head")
         return None
-    _log(f"training the input-embedding rows of {names} (dpo.lora.trainable_tokens)")
+    log(f"training the input-embedding rows of {names} (dpo.lora.trainable_tokens)")
     return ids
 
 
