@@ -46,6 +46,8 @@ class World:
     mtbench_questions: Path
     kind: str = "demo"
     models: dict[str, dict] = field(default_factory=dict)  # seedlike: per-model tokenizer/template/format facts
+    gen_tasks: dict[str, dict[str, str]] = field(default_factory=dict)  # split -> skill -> generative task name
+    chat_questions: Path | None = None  # questions for a search's chat objective (none shared with mtbench_questions)
 
 
 def builder_version(kind: str) -> int:
@@ -79,6 +81,8 @@ def load_manifest(root: str | Path) -> World:
             mtbench_questions=root.resolve() / m["mtbench_questions"],
             kind=kind,
             models=dict(m.get("models", {})),
+            gen_tasks={split: dict(v) for split, v in m["tasks"].get("generative", {}).items()},
+            chat_questions=root.resolve() / m["chat_questions"] if m.get("chat_questions") else None,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{man}: malformed world manifest ({err!r}): rebuild the world into a new folder") from None

@@ -15,6 +15,10 @@ search never scored), category = the skill's name; plus :data:`GENERIC_QUESTIONS
 [...]}``: for a skill turn, the word that tells the reference apart and those of the other options; for an everyday
 turn, any place and English refusals. The offline stand-in judge rates a turn by them
 (:class:`objectives.mtbench.StandInJudge`).
+
+A second question file of the same kind (:func:`search_questions`) is made from *search* items for a search's
+chat objective: :data:`SEARCH_QUESTIONS` questions sharing no turn with the final ones, so the final measurement
+stays unseen by the search.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import random
 
 from demoworld.text import PLACES, SKILLS, SUBJECTS, VERBS3, Item, conversation
 
-__all__ = ["GENERIC_QUESTIONS", "QUESTIONS_PER_SKILL", "SYSTEM", "answer_keywords", "mtbench_questions",
-           "skill_chat_docs", "user_turn"]
+__all__ = ["GENERIC_QUESTIONS", "QUESTIONS_PER_SKILL", "SEARCH_QUESTIONS", "SYSTEM", "answer_keywords",
+           "mtbench_questions", "search_questions", "skill_chat_docs", "user_turn"]
 
 SYSTEM = "Du bist ein hilfreicher Assistent."
 QUESTIONS_PER_SKILL = 8
 GENERIC_QUESTIONS = 4
+SEARCH_QUESTIONS = (9, 5)  # per skill, everyday: 32 questions for a chat objective's rungs (8 -> 16 -> 32)
 REFUSAL_WORDS = ["sorry", "know", "idea"]  # the English refusals of the preference data's rejected answers
 
 
@@ -90,3 +95,27 @@ def mtbench_questions(test_items: dict[str, list[Item]], seed: int) -> list[dict
     rng = random.Random(f"{seed}-mtbench")
     rows += [_generic_question(rng) for _ in range(GENERIC_QUESTIONS)]
     return [{"question_id": i + 1, **r} for i, r in enumerate(rows)]
+
+
+def search_questions(search_items: dict[str, list[Item]], seed: int, final: list[dict]) -> list[dict]:
+    """Question rows for a search's chat objective: per skill ``SEARCH_QUESTIONS[0]`` questions from that skill's
+    *search* items, then ``SEARCH_QUESTIONS[1]`` everyday questions none of whose turns appears in ``final`` (the
+    world's MT-Bench questions); ids ``s1, s2, ...``, skills interleaved so that any prefix covers every
+    category."""
+    per_skill, generic = SEARCH_QUESTIONS
+    by_skill = [[_skill_question(skill, search_items[skill][2 * k], search_items[skill][2 * k + 1])
+                 for k in range(per_skill)] for skill in SKILLS]
+    rows = [q for group in zip(*by_skill) for q in group]
+    seen = {t for q in final for t in q["turns"]}
+    rng = random.Random(f"{seed}-chat-search")
+    everyday: list[dict] = []
+    while len(everyday) < generic:
+        q = _generic_question(rng)
+        if not seen.intersection(q["turns"]):
+            seen.update(q["turns"])
+            everyday.append(q)
+    # an everyday question after every few skill questions, so that a rung of 8 has one
+    step = max(1, len(rows) // generic)
+    for i, q in enumerate(everyday):
+        rows.insert(min(len(rows), (i + 1) * step + i), q)
+    return [{"question_id": f"s{i + 1}", **r} for i, r in enumerate(rows)]

@@ -192,18 +192,33 @@ def chat_docs(seed: int, n: int) -> list[str]:
 REJECTED_EN = ["Sorry, I cannot help with that.", "I don't know.", "No idea, ask someone else."]
 
 
-def preference_rows(seed: int, n: int) -> list[dict]:
-    """Rows with ``system``, ``question``, ``chosen``, ``rejected``: the chosen answer is a polite, correct
-    German sentence; the rejected one is an English refusal or a curt wrong German answer."""
+def _everyday_pair(rng: random.Random) -> tuple[str, str, str]:
+    art, noun = rng.choice(SUBJECTS)
+    verb, place = rng.choice(VERBS3), rng.choice(PLACES)
+    wrong = rng.choice([p for p in PLACES if p != place])
+    question = f"Wo {verb} {art} {noun}, wenn es {rng.choice(ADJS)} ist?"
+    rejected = rng.choice(REJECTED_EN) if rng.random() < 0.5 else f"{wrong[0].upper()}{wrong[1:]}."
+    return question, f"Gern! {art.capitalize()} {noun} {verb} {place}.", rejected
+
+
+def preference_rows(seed: int, n: int, train_items: dict[str, list[Item]]) -> list[dict]:
+    """Rows with ``system``, ``question``, ``chosen``, ``rejected``, mirroring orca_dpo_pairs (chosen: a
+    stronger model's answer, rejected: a weaker one's). Three rows in four ask a skill question of a *train* item
+    (never in a search, test or MT-Bench item): chosen = the right answer in the skill's phrase, rejected = a
+    plausible wrong option (two in three) or an English refusal (off-format). The fourth is an everyday
+    question: chosen = a polite, correct German sentence, rejected = an English refusal or a curt wrong place."""
     rng = random.Random(f"{seed}-pref")
+    pools = {s: rng.sample(train_items[s], len(train_items[s])) for s in SKILLS}
     rows = []
-    for _ in range(n):
-        art, noun = rng.choice(SUBJECTS)
-        verb, place = rng.choice(VERBS3), rng.choice(PLACES)
-        wrong = rng.choice([p for p in PLACES if p != place])
-        question = f"Wo {verb} {art} {noun}, wenn es {rng.choice(ADJS)} ist?"
-        chosen = f"Gern! {art.capitalize()} {noun} {verb} {place}."
-        rejected = rng.choice(REJECTED_EN) if rng.random() < 0.5 else f"{wrong[0].upper()}{wrong[1:]}."
+    for i in range(n):
+        if i % 4 == 3:
+            question, chosen, rejected = _everyday_pair(rng)
+        else:
+            skill = SKILLS[i % 4]
+            it = pools[skill][(i // 4) % len(pools[skill])]
+            wrong = [c for j, c in enumerate(it.choices) if j != it.gold]
+            question, chosen = it.text, it.choices[it.gold]
+            rejected = rng.choice(wrong) if rng.random() < 2 / 3 else rng.choice(REJECTED_EN)
         rows.append({"system": "Du bist ein hilfreicher Assistent.", "question": question,
                      "chosen": chosen, "rejected": rejected})
     return rows

@@ -11,7 +11,7 @@ import yaml
 
 from demoworld import text as T
 from demoworld.layout import SKILLS
-from demoworld.chat import GENERIC_QUESTIONS, QUESTIONS_PER_SKILL, mtbench_questions
+from demoworld.chat import GENERIC_QUESTIONS, QUESTIONS_PER_SKILL, SEARCH_QUESTIONS, mtbench_questions
 from demoworld.report import evaluate_model_dir
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import LocalChatModel
@@ -41,6 +41,33 @@ def test_questions_are_two_turn_skill_items_from_the_test_split(world):
                 assert keys.accept[0] not in keys.reject
     assert mtbench_questions({s: test_items[s]["test"] for s in SKILLS}, world.seed) == [
         json.loads(line) for line in world.mtbench_questions.read_text(encoding="utf-8").splitlines()]
+
+
+def test_search_questions_come_from_search_items_and_share_no_turn_with_the_final_ones(world):
+    final = load_questions(world.mtbench_questions)
+    mine = load_questions(world.chat_questions)
+    assert len(mine) == sum(SEARCH_QUESTIONS[0] for _ in SKILLS) + SEARCH_QUESTIONS[1]
+    assert not {t for q in mine for t in q.turns} & {t for q in final for t in q.turns}
+    items = T.skill_items(world.seed)
+    for q in mine:
+        if q.category in SKILLS:
+            search = {it.text for it in items[q.category]["search"]}
+            assert q.turns[0] in search and q.keys(0).accept[0] in q.reference[0]
+    assert {q.category for q in mine[:8]} == {*SKILLS, "alltag"}  # a first rung of 8 sees every category
+
+
+def test_preference_pairs_ask_train_items_with_a_right_chosen_answer(world):
+    items = T.skill_items(world.seed)
+    by_text = {it.text: (s, it) for s in SKILLS for split in ("train", "search", "test") for it in items[s][split]}
+    rows = [json.loads(line) for split in ("train", "test")
+            for line in world.preferences[split].read_text(encoding="utf-8").splitlines()]
+    skill_rows = [r for r in rows if r["question"] in by_text]
+    assert len(skill_rows) == 3 * len(rows) // 4
+    train_texts = {it.text for s in SKILLS for it in items[s]["train"]}
+    for r in skill_rows:
+        skill, it = by_text[r["question"]]
+        assert r["question"] in train_texts  # never an evaluated item
+        assert r["chosen"] == it.choices[it.gold] and r["rejected"] != r["chosen"]
 
 
 def _merge(world, out: Path) -> Path:
