@@ -298,6 +298,10 @@ class RunDir:
         return self.root / "report.md"
 
     @property
+    def ship_json(self) -> Path:  # the model to ship and why (search.stages.verdict.ShipDecision)
+        return self.root / "ship.json"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ class HeldoutReport:
 
     models: dict[str, ModelScores]
     subsets: dict[str, Any]
+    # task -> "loglikelihood" | "generation" | "chat": what kind of answer a task scores (reports split by it)
+    task_kinds: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         models = {}
@@ -48,7 +50,7 @@ class HeldoutReport:
             if not m.has_secondary:
                 row.pop("secondary_avg"), row.pop("secondary_test_avg")
             models[name] = row
-        return {"models": models, "subsets": self.subsets}
+        return {"models": models, "subsets": self.subsets, "task_kinds": self.task_kinds}
 
     def save(self, run: RunDir) -> None:
         run.root.mkdir(parents=True, exist_ok=True)
@@ -59,7 +61,7 @@ class HeldoutReport:
     def load(cls, path: str | Path) -> HeldoutReport:
         data = load_json(path, "run the held-out stage first (merge-search evaluate)")
         models = {name: ModelScores(**m, has_secondary="secondary_avg" in m) for name, m in data["models"].items()}
-        return cls(models=models, subsets=data.get("subsets", {}))
+        return cls(models=models, subsets=data.get("subsets", {}), task_kinds=data.get("task_kinds", {}))
 
 
 def fmt_score(x: float | None, err: float | None = None) -> str:

@@ -7,9 +7,10 @@ Reads only what the stages wrote (the study storage, ``heldout.json``, ``best.js
   matplotlib visualization) and one panel per searched parameter (:mod:`search.stages.plots`);
 * search-split vs test-split score of every evaluated model (scatter);
 * the DPO loss curve and held-out preference accuracy before/after;
-* the MT-Bench category bars and comparison table.
+* the MT-Bench category bars and comparison table;
 
-A section whose inputs are missing says so instead of failing: the report is also useful mid-run.
+and, first, the model to ship and one verdict line per stage (:mod:`search.stages.verdict`), also written as
+``RUN/ship.json``. A section whose inputs are missing says so instead of failing: the report is also useful mid-run.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from typing import Any
 
 import optuna
 
-from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir, TrialRecord
 from search.stages.base import StageContext
 from search.stages.heldout_report import HeldoutReport
 from search.stages.plots import history_figure, parameter_figure
+from search.stages.verdict import ShipDecision, ship_decision, stage_verdicts
 
 __all__ = ["NAME", "SECTIONS", "headline", "problems", "run", "write_report"]
 
@@ -147,7 +148,7 @@ def _dpo_section(run: RunDir, plots: Path) -> list[str]:
     if metrics is None:
         return ["_DPO has not run yet._"]
     b, a = metrics["heldout_before"], metrics["heldout_after"]
-    lines = ["| held-out pairs | preference accuracy | mean log-likelihood margin |", "|---|---:|---:|",
+    lines = _stage_line(run, "dpo") + ["| held-out pairs | preference accuracy | mean log-likelihood margin |", "|---|---:|---:|",
              f"| before DPO (n={b['n']}) | {b['pref_accuracy']:.3f} | {b['reward_margin']:.2f} |",
              f"| after DPO (n={a['n']}) | {a['pref_accuracy']:.3f} | {a['reward_margin']:.2f} |", ""]
     verdict = "above" if a["pref_accuracy"] > b["pref_accuracy"] else "NOT above"
@@ -160,37 +161,18 @@ def _dpo_section(run: RunDir, plots: Path) -> list[str]:
     return lines + [""]
 
 
-def _mtbench_scores(run: RunDir) -> dict[str, dict]:
-    """``{model folder name: scores.json}`` of every model the MT-Bench stage rated (it has an average)."""
-    found = {p.parent.name: _load(p) or {} for p in sorted(run.mtbench.glob(f"*/{SCORES_FILE}"))}
-    return {n: s for n, s in found.items() if isinstance(s.get("average"), (int, float))}
-
-
-def _mtbench_verdict(run: RunDir) -> list[str]:
-    """Plain statements: is the merge above every source on MT-Bench, and what did DPO do to it?"""
-    scores = _mtbench_scores(run)
-    avg = {n: float(s["average"]) for n, s in scores.items()}
-    merge, dpo = run.mtbench_model("merge").name, run.mtbench_model("merge+dpo").name
-    if merge not in avg:
-        return []
-    lines, sources = [], {n: v for n, v in avg.items() if n not in (merge, dpo)}
-    standin = "label" in scores[merge]
-    what = "MT-Bench average (offline stand-in judge, NOT an MT-Bench score)" if standin else "MT-Bench average"
-    if sources:
-        top, v = max(sources.items(), key=lambda kv: kv[1])
-        lines.append(f"- {what}: the merge ({avg[merge]:.2f}) is **{'above' if avg[merge] > v else 'NOT above'}"
-                     f"** every source model (best: {top} {v:.2f}).")
-    if dpo in avg:
-        change = "raises" if avg[dpo] > avg[merge] else "does not raise"
-        lines.append(f"- DPO **{change}** the {what}: merge {avg[merge]:.2f} -> merge+dpo {avg[dpo]:.2f}.")
-    return lines + [""]
+def _stage_line(run: RunDir, stage: str) -> list[str]:
+    """A stage section's first line when the stage made things worse (its verdict), else nothing."""
+    best = _best(run)
+    worse = [v for v in stage_verdicts(run, best.number if best else None) if v.stage == stage and v.worse]
+    return [f"**{worse[0].line.replace('**', '')}**", ""] if worse else []
 
 
 def _mtbench_section(run: RunDir, plots: Path) -> list[str]:
     table = run.comparison_md
     if not table.is_file():
         return ["_MT-Bench has not run yet._"]
-    lines = _mtbench_verdict(run) + [table.read_text(encoding="utf-8").strip(), ""]
+    lines = _stage_line(run, "chat") + [table.read_text(encoding="utf-8").strip(), ""]
     chart = run.comparison_png
     if chart.is_file():
         shutil.copyfile(chart, plots / "mtbench_categories.png")
@@ -212,30 +194,25 @@ def headline(run: str | Path) -> str:
     if best:
         out.append(f"winner: trial {best.number} (seed {best.seed}, "
                    f"weights_sha256 {str(best.weights_sha256)[:12]}...)")
-    metrics = _load(run.dpo.metrics)
-    if metrics:
-        out.append(f"DPO held-out preference accuracy: {metrics['heldout_before']['pref_accuracy']:.3f} -> "
-                   f"{metrics['heldout_after']['pref_accuracy']:.3f}")
-    out += [line[2:].replace("**", "") for line in _mtbench_verdict(run) if line]
+    out += [v.line.replace("**", "") for v in stage_verdicts(run, best.number if best else None)]
+    ship = ship_decision(run)
+    if ship:
+        out.append(_ship_line(ship).replace("**", ""))
     return "\n".join(out)
 
 
-def _verdicts(heldout: HeldoutReport, winner: int | None) -> list[str]:
-    """Plain statements: is the exported winner above every source model and every hand recipe (test)?"""
-    models = heldout.models
-    found = [(n, m) for n, m in models.items() if m.kind == "trial" and m.trial == winner]
-    if not found:
-        return ["_The exported winner was not among the re-evaluated trials._", ""]
-    name, best = found[0]
-    lines = [(f"Winner (the exported best trial): **{name}**, search average {best.search_avg:.3f}, "
-              f"test average {best.test_avg:.3f}.")]
-    for kind, label in (("source", "every source model"), ("recipe", "every hand recipe")):
-        others = {n: m.test_avg for n, m in models.items() if m.kind == kind}
-        if others:
-            top_name, top = max(others.items(), key=lambda kv: kv[1])
-            verdict = "above" if best.test_avg > top else "NOT above"
-            lines.append(f"- On the test split the winner is **{verdict}** {label} "
-                         f"(best: {top_name} {top:.3f}).")
+def _ship_line(ship: ShipDecision) -> str:
+    return f"Model to ship: **{ship.model}** ({ship.kind}, {ship.measure} {ship.score:.2f}): {ship.reason}."
+
+
+def _verdict_section(run: RunDir, winner: int | None) -> list[str]:
+    """The model to ship, then one line per stage (a stage that made things worse says WORSE first)."""
+    ship = ship_decision(run)
+    lines = [_ship_line(ship) if ship else "_Model to ship: not decided until the MT-Bench stage has rated the "
+             "merge (the final measure)._", ""]
+    if ship:
+        run.ship_json.write_text(json.dumps(ship.to_json(), indent=1) + "\n", encoding="utf-8")
+    lines += [f"- {v.line}" for v in stage_verdicts(run, winner)]
     return lines + [""]
 
 
@@ -249,8 +226,7 @@ def write_report(run: str | Path, study=None) -> Path:
     plots.mkdir(parents=True, exist_ok=True)
     lines = [f"# merge-search report: {run.root.name}", ""]
     heldout, best = _heldout(run), _best(run)
-    if heldout:
-        lines += ["## Verdict", ""] + _verdicts(heldout, best.number if best else None)
+    lines += ["## Verdict", ""] + _verdict_section(run, best.number if best else None)
     lines += ["## Search", ""]
     if study is not None:
         lines += _study_section(study, plots)

@@ -1,0 +1,132 @@
+"""Does the pipeline reach its goal? A whole run per search seed, judged on the final measure.
+
+For each seed, ``merge-search run`` on the config with only ``seed:`` changed (run folders
+``results/bench-endtoend/<config>-seed<k>``, reused when finished, so a second call only prints), then per seed:
+
+* winner vs best source vs best hand recipe on the log-likelihood test tasks, the generative test tasks and the
+  chat evaluation (the MT-Bench stage: final questions, never seen by the search);
+* merge vs merge+DPO on the chat evaluation, the model the report says to ship;
+* DPO: held-out preference accuracy and chosen-answer log-likelihood before -> after;
+* wall time of the run.
+
+    .venv/bin/python bench/endtoend_bench.py                         # configs/demo.yaml, seeds 0 1 2
+    .venv/bin/python bench/endtoend_bench.py --config configs/seedlike.yaml --seeds 0
+
+Target (issue 25): the winner above every source and the hand recipe on all three measures, and merge+DPO >=
+merge on the chat evaluation, in every seed. Needs the config's world built first (see the config's header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from search.rundir import RunDir  # noqa: E402
+from search.stages.heldout_report import HeldoutReport  # noqa: E402
+from search.stages.verdict import MERGE, MERGE_DPO, chat_scores, ship_decision  # noqa: E402
+
+
+def _run(config: Path, seed: int, out: Path) -> float:
+    """Run the pipeline for ``seed`` into ``out`` (resumed/skipped when done); returns the wall seconds."""
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    data["seed"] = seed
+    data["name"] = f"{data.get('name', config.stem)}-seed{seed}"
+    cfg = out.parent / f"{out.name}.yaml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    t0 = time.time()
+    cli = Path(sys.executable).parent / "merge-search"  # the console script beside this interpreter
+    subprocess.run([str(cli), "run", str(cfg), "--out", str(out)], cwd=ROOT, check=True)
+    return time.time() - t0
+
+
+def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
+    vals = [scores[t] for t in tasks if t in scores]
+    return sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
+
+
+def _row(run: RunDir, seed: int, seconds: float) -> dict:
+    heldout = HeldoutReport.load(run.heldout_json)
+    winner = run.best_record().number
+    models = heldout.models
+    trial = next(m for m in models.values() if m.kind == "trial" and m.trial == winner)
+    kinds = heldout.task_kinds
+    row: dict = {"seed": seed, "seconds": round(seconds)}
+    for kind in ("loglikelihood", "generation"):
+        tasks = [t for t in trial.test if kinds.get(t, "loglikelihood") == kind]
+        if not tasks:
+            continue
+        src = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "source"}
+        rec = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "recipe"}
+        row[kind] = {"winner": _mean(trial.test, tasks), "best_source": max(v for v in src.values() if v is not None),
+                     "recipe": max((v for v in rec.values() if v is not None), default=None)}
+    chat, _ = chat_scores(run)
+    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
+    row["chat"] = {"winner": chat.get(MERGE), "best_source": max(sources.values(), default=None),
+                   "merge_dpo": chat.get(MERGE_DPO)}
+    metrics = json.loads(run.dpo.metrics.read_text(encoding="utf-8")) if run.dpo.metrics.is_file() else {}
+    before, after = metrics.get("heldout_before", {}), metrics.get("heldout_after", {})
+    row["dpo"] = {k: (before.get(k), after.get(k)) for k in ("pref_accuracy", "chosen_logp")}
+    ship = ship_decision(run)
+    row["ship"] = ship.model if ship else None
+    return row
+
+
+def _f(x, fmt=".3f") -> str:
+    return "-" if x is None else f"{x:{fmt}}"
+
+
+def _ok(winner, *others) -> str:
+    others = [o for o in others if o is not None]
+    return "yes" if winner is not None and others and all(winner > o for o in others) else "NO"
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| seed | log-lik. test: winner / best source / recipe | generation test: winner / best source / recipe "
+             "| chat: merge / best source / merge+DPO | winner above all 3 | DPO >= merge | pref. acc. | chosen logp "
+             "| ship | wall |", "|---|---|---|---|---|---|---|---|---|---:|"]
+    for r in rows:
+        ll, gen, chat, dpo = r.get("loglikelihood", {}), r.get("generation", {}), r["chat"], r["dpo"]
+        above = all(_ok(m.get("winner"), m.get("best_source"), m.get("recipe")) == "yes" for m in (ll, gen) if m) \
+            and _ok(chat["winner"], chat["best_source"]) == "yes"
+        dpo_ok = chat["merge_dpo"] is not None and chat["winner"] is not None and chat["merge_dpo"] >= chat["winner"]
+        pa, cl = dpo["pref_accuracy"], dpo["chosen_logp"]
+        lines.append(
+            f"| {r['seed']} | {_f(ll.get('winner'))} / {_f(ll.get('best_source'))} / {_f(ll.get('recipe'))} "
+            f"| {_f(gen.get('winner'))} / {_f(gen.get('best_source'))} / {_f(gen.get('recipe'))} "
+            f"| {_f(chat['winner'], '.2f')} / {_f(chat['best_source'], '.2f')} / {_f(chat['merge_dpo'], '.2f')} "
+            f"| {'yes' if above else 'NO'} | {'yes' if dpo_ok else 'NO'} | {_f(pa[0])} -> {_f(pa[1])} "
+            f"| {_f(cl[0], '.2f')} -> {_f(cl[1], '.2f')} | {r['ship']} | {r['seconds']} s |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-endtoend")
+    ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    args = ap.parse_args()
+    rows = []
+    for seed in args.seeds:
+        out = args.out / f"{args.config.stem}-seed{seed}"
+        seconds = _run(args.config.resolve(), seed, out)
+        rows.append(_row(RunDir(out), seed, seconds))
+        print(table(rows[-1:]), flush=True)
+    print(f"\n{args.config.name}, seeds {args.seeds}:\n")
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

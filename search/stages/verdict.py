@@ -1,0 +1,177 @@
+"""Which model to ship, and what every stage did to the measure users judge a model by.
+
+The final measure is the MT-Bench stage's chat average (generated answers rated by the judge). Every other
+number is a means to it, so each stage gets one verdict line against its own yardstick *and* the report names the
+model to ship by the final measure alone: the merge, the merge after DPO, or, when neither beats them, the best
+source model (the run then did not reach its goal, and says so).
+
+Reads only what the stages wrote (``heldout.json``, ``dpo/metrics.json``, ``mtbench/*/scores.json``); a stage that
+has not run yet gets no line. Shared by the report stage and ``make demo``'s headline.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from objectives.mtbench.run import SCORES_FILE
+from search.rundir import RunDir
+from search.stages.heldout_report import HeldoutReport, ModelScores
+
+__all__ = ["ShipDecision", "StageVerdict", "chat_scores", "ship_decision", "stage_verdicts"]
+
+MERGE, MERGE_DPO = "merge", "merge+dpo"
+
+
+@dataclass(frozen=True)
+class StageVerdict:
+    """One stage against its yardstick: ``worse`` is True when it made things worse (said first), None when
+    there is nothing to compare."""
+
+    stage: str
+    worse: bool | None
+    line: str
+
+
+@dataclass(frozen=True)
+class ShipDecision:
+    """The model to ship by the final chat measure, with every candidate's score."""
+
+    model: str  # "merge", "merge+dpo" or a source model's name
+    kind: str  # "merge" | "merge+dpo" | "source"
+    score: float
+    scores: dict[str, float]  # every rated model
+    measure: str
+    goal_met: bool  # a merge (with or without DPO) beats every source
+    reason: str
+    made_from: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _load(path: Path) -> Any | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def chat_scores(run: RunDir) -> tuple[dict[str, float], str]:
+    """``{model: MT-Bench average}`` of every model the MT-Bench stage rated (``merge``, ``merge+dpo``, sources)
+    and the name of the measure (which says when the judge is the offline stand-in)."""
+    merge_dir, dpo_dir = run.mtbench_model(MERGE).name, run.mtbench_model(MERGE_DPO).name
+    out, standin = {}, False
+    for path in sorted(run.mtbench.glob(f"*/{SCORES_FILE}")):
+        s = _load(path) or {}
+        if isinstance(s.get("average"), (int, float)) and math.isfinite(s["average"]):
+            name = {merge_dir: MERGE, dpo_dir: MERGE_DPO}.get(path.parent.name, path.parent.name)
+            out[name] = float(s["average"])
+            standin = standin or "label" in s
+    what = "chat average (stand-in judge, not MT-Bench)" if standin else "MT-Bench average"
+    return out, what
+
+
+def _winner(heldout: HeldoutReport, winner: int | None) -> tuple[str, ModelScores] | None:
+    return next(((n, m) for n, m in heldout.models.items() if m.kind == "trial" and m.trial == winner), None)
+
+
+def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
+    vals = [scores[t] for t in tasks if t in scores and scores[t] is not None]
+    return sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
+
+
+def _compare(stage: str, what: str, mine: float, others: dict[str, float], fmt: str = ".3f") -> StageVerdict:
+    top, v = max(others.items(), key=lambda kv: kv[1])
+    worse = not mine > v
+    word = "NOT above" if worse else "above"
+    return StageVerdict(stage, worse, f"{stage}: {'WORSE - ' if worse else ''}the winner's {what} {mine:{fmt}} is "
+                                      f"**{word}** every source model (best: {top} {v:{fmt}})")
+
+
+def _heldout_verdicts(heldout: HeldoutReport, winner: int | None) -> list[StageVerdict]:
+    found = _winner(heldout, winner)
+    if found is None:
+        return [StageVerdict("search", None, "search: the exported winner was not among the re-evaluated trials")]
+    name, best = found
+    sources = {n: m for n, m in heldout.models.items() if m.kind == "source"}
+    out = []
+    if sources:
+        out.append(_compare("search", "search-split fitness", best.search_avg,
+                            {n: m.search_avg for n, m in sources.items()}))
+        kinds = heldout.task_kinds
+        for kind, label in (("loglikelihood", "held-out log-likelihood"), ("generation", "held-out generation")):
+            tasks = [t for t in best.test if kinds.get(t, "loglikelihood") == kind]
+            mine = _mean(best.test, tasks) if tasks else None
+            theirs = {n: _mean(m.test, tasks) for n, m in sources.items()} if tasks else {}
+            theirs = {n: v for n, v in theirs.items() if v is not None}
+            if mine is not None and theirs:
+                out.append(_compare(label, f"mean test score over {len(tasks)} task(s)", mine, theirs))
+    recipes = {n: m.test_avg for n, m in heldout.models.items() if m.kind == "recipe" and m.test_avg is not None}
+    if recipes and best.test_avg is not None:
+        top, v = max(recipes.items(), key=lambda kv: kv[1])
+        worse = not best.test_avg > v
+        out.append(StageVerdict("hand recipe", worse, f"hand recipe: {'WORSE - ' if worse else ''}the winner's test "
+                                f"average {best.test_avg:.3f} is **{'NOT above' if worse else 'above'}** every "
+                                f"hand recipe (best: {top} {v:.3f})"))
+    return out
+
+
+def _dpo_verdict(metrics: dict | None, chat: dict[str, float], what: str) -> StageVerdict:
+    metrics = metrics or {}
+    b, a = metrics.get("heldout_before"), metrics.get("heldout_after")
+    pref = f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f}" if b and a else \
+        "no DPO metrics"
+    extra = "".join(f"; {w}" for w in metrics.get("warnings", []))
+    if MERGE in chat and MERGE_DPO in chat:
+        worse = not chat[MERGE_DPO] >= chat[MERGE]
+        head = (f"DPO: WORSE - it lowers the {what} {chat[MERGE]:.2f} -> {chat[MERGE_DPO]:.2f}" if worse else
+                f"DPO: it keeps or raises the {what} {chat[MERGE]:.2f} -> {chat[MERGE_DPO]:.2f}")
+        return StageVerdict("dpo", worse, f"{head} ({pref}{extra})")
+    return StageVerdict("dpo", bool(metrics.get("warnings")) or None,
+                        f"DPO: {pref}{extra} (not yet rated on the final measure)")
+
+
+def stage_verdicts(run: RunDir, winner: int | None) -> list[StageVerdict]:
+    """One line per stage that has run, each against its yardstick; the chat and DPO lines against the final
+    measure."""
+    out = []
+    if run.heldout_json.is_file():
+        out += _heldout_verdicts(HeldoutReport.load(run.heldout_json), winner)
+    chat, what = chat_scores(run)
+    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
+    if MERGE in chat and sources:
+        top, v = max(sources.items(), key=lambda kv: kv[1])
+        worse = not chat[MERGE] > v
+        out.append(StageVerdict("chat", worse, f"chat: {'WORSE - ' if worse else ''}the merge's {what} "
+                                f"{chat[MERGE]:.2f} is **{'NOT above' if worse else 'above'}** every source model "
+                                f"(best: {top} {v:.2f})"))
+    metrics = _load(run.dpo.metrics)
+    if metrics or MERGE_DPO in chat:
+        out.append(_dpo_verdict(metrics, chat, what))
+    return out
+
+
+def ship_decision(run: RunDir) -> ShipDecision | None:
+    """The model to ship: the best of merge, merge+dpo and the source models on the final chat measure. DPO's model
+    only when strictly above the merge, a merge only when strictly above every rated source (else the best source,
+    and ``goal_met`` is False). None until the MT-Bench stage has rated the merge."""
+    chat, what = chat_scores(run)
+    if MERGE not in chat:
+        return None
+    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
+    ours = {MERGE: chat[MERGE]} | ({MERGE_DPO: chat[MERGE_DPO]} if MERGE_DPO in chat else {})
+    pick = MERGE_DPO if MERGE_DPO in ours and ours[MERGE_DPO] > ours[MERGE] else MERGE
+    best_source = max(sources.items(), key=lambda kv: kv[1]) if sources else None
+    made_from = {"mtbench": str(run.mtbench), "best_yaml": str(run.best_yaml) if run.best_yaml.is_file() else None,
+                 "dpo_model": str(run.dpo.model) if MERGE_DPO in ours else None}
+    if best_source is None or ours[pick] > best_source[1]:
+        why = (f"{pick} has the highest {what} ({ours[pick]:.2f})" +
+               (f", above every source model (best: {best_source[0]} {best_source[1]:.2f})" if best_source else
+                " (no source model was rated: pipeline.mtbench_sources is off)"))
+        return ShipDecision(pick, pick, ours[pick], chat, what, best_source is not None, why, made_from)
+    name, v = best_source
+    why = (f"neither the merge ({ours[MERGE]:.2f})" + (f" nor merge+dpo ({ours[MERGE_DPO]:.2f})" if MERGE_DPO in ours
+                                                      else "") +
+           f" beats the source model {name} ({v:.2f}) on the {what}: this run did not reach its goal; ship the source")
+    return ShipDecision(name, "source", v, chat, what, False, why, made_from)
