@@ -16,6 +16,12 @@ Every field is a YAML key (the pydantic model IS the format)::
       estimate: false                      # pruner sees the full-subset estimate (needs informative)
       secondary: {name: english, tasks: [{name: arc_easy, subset: 250}]}
       constraints: [{objective: english, min: 0.7}]
+      chat:                                # generated two-turn answers rated by a judge (objectives/chat.py)
+        questions: data/chat/search_questions.jsonl   # MT-Bench format; none shared with mtbench.questions
+        rungs: [8, 16, 32]                 # questions at each rung of `rungs` (nested prefixes)
+        weight: 1.0                        # weight of (rating - 1) / 9 in the primary fitness
+        judge: {backend: openai, base_url: https://api.openai.com/v1, model: gpt-4}
+        max_judge_calls: 20000             # required for a paid judge (backend openai)
 
 Held-out documents come either from the same task (``heldout: N`` documents disjoint from the search subset)
 or from a separate task (``test_task``; ``heldout`` then counts its documents, default all).
@@ -29,11 +35,13 @@ from typing import Literal
 import pydantic
 from pydantic import Field
 
+from objectives.mtbench.config import JudgeConfig
 from objectives.schema import ConfigProblems, Strict, refused_key
 
-__all__ = ["Constraint", "ObjectiveConfig", "ScoreSpec", "SecondaryObjective", "Size", "TaskSpec"]
+__all__ = ["CHAT", "ChatConfig", "Constraint", "ObjectiveConfig", "ScoreSpec", "SecondaryObjective", "Size", "TaskSpec"]
 
 Size = int | Literal["all"]
+CHAT = "chat"  # the chat objective's name among the task scores (RungResult.tasks, constraints, reference)
 
 
 class TaskSpec(Strict):
@@ -124,6 +132,57 @@ class Constraint(Strict):
         return self
 
 
+class ChatConfig(Strict):
+    """``objective.chat``: two-turn questions answered by the candidate (in its chat template) and rated 1-10 by
+    a judge; the mean rating, as ``(rating - 1) / 9`` in 0..1, is a weighted component of the primary fitness."""
+
+    questions: str = Field(description=(
+        "question file of the search (MT-Bench format: FastChat .jsonl or FastEval .json); it must share no "
+        "question (no turn text) with mtbench.questions, the final measurement"))
+    test_questions: str | None = Field(default=None, description=(
+        "questions of the held-out split (the held-out stage, `evaluate`), none shared with `questions`; null: the "
+        "held-out split has no chat component"))
+    rungs: list[Size] | None = Field(default=None, description=(
+        "questions answered at each rung of objective.rungs (one entry per rung, growing, nested prefixes of the "
+        "file; `all` = every question); null: every question at the first rung"))
+    weight: float = Field(default=1.0, gt=0, description=(
+        "weight of the chat score (mean rating mapped to 0..1 by (rating - 1) / 9) next to the tasks' weights in "
+        "objective.aggregate"))
+    max_judge_calls: int | None = Field(default=None, ge=1, description=(
+        "most judge calls (one per question turn not in the judgement cache); required for a paid judge "
+        "(judge.backend openai); a search that has spent it stops"))
+    max_new_tokens: int = Field(default=1024, ge=1, description="tokens per answer turn at most")
+    batch_size: int = Field(default=8, ge=1, description="questions answered at once")
+    temperatures: dict[str, float] = Field(default={}, description=(
+        "sampling temperature per question category; 0 = greedy"))
+    default_temperature: float = Field(default=0.0, ge=0.0, description=(
+        "temperature of the categories not in `temperatures` (greedy by default: a fitness should not be noisy)"))
+    system_prompt: str | None = None
+    chat_template: str | None = Field(default=None, description=(
+        "template for a candidate whose tokenizer has none: `chatml`, a Jinja template or a .jinja file; null or "
+        "`model` = none (a candidate with its own template is always asked in it)"))
+    seed: int = 0  # torch seed of sampled answers (categories with a temperature above 0)
+    language: Literal["de", "en"] = "de"  # language of the built-in judge prompts (judge.prompts replaces them)
+    judge: JudgeConfig = JudgeConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> ChatConfig:
+        problems = []
+        if self.judge.backend == "openai" and self.max_judge_calls is None:
+            problems.append("max_judge_calls is required with judge.backend 'openai' (a paid judge) but is not "
+                            "set: set objective.chat.max_judge_calls to the most judge calls the search may make "
+                            "(at most 2 per question and candidate; judgements of an answer given before are cached)")
+        if self.rungs is not None:
+            ints = [s for s in self.rungs if s != "all"]
+            if not self.rungs or any(s < 1 for s in ints) or ints != sorted(set(ints)) or \
+                    ("all" in self.rungs and self.rungs.index("all") != len(self.rungs) - 1):
+                problems.append(f"rungs: must be >= 1, growing strictly, with 'all' (if any) last, but got "
+                                f"{self.rungs}: e.g. [8, 16, all]")
+        if problems:
+            raise ConfigProblems(problems)
+        return self
+
+
 class ObjectiveConfig(ScoreSpec):
     """The ``objective:`` section."""
 
@@ -151,6 +210,9 @@ class ObjectiveConfig(ScoreSpec):
         "informative); a trial's final value is always the plain score on the whole search subset"))
     secondary: SecondaryObjective | None = None
     constraints: list[Constraint] = []
+    chat: ChatConfig | None = Field(default=None, description=(
+        "the chat objective: generated answers rated by a judge, a weighted part of the primary fitness "
+        "(docs/objectives.md)"))
 
     _renamed = refused_key("stages", "`stages` was renamed to `rungs` (objective.rungs: items per task at each rung "
                                      "of successive halving; same values): rename the key")
@@ -176,9 +238,11 @@ class ObjectiveConfig(ScoreSpec):
         if both:
             problems.append(f"tasks {both} appear in both the primary and the secondary objective: a task "
                             "belongs to one objective")
-        known = {"primary", *(t.name for t in self.tasks)}
+        known = {"primary", *(t.name for t in self.tasks)} | ({CHAT} if self.chat else set())
         if self.secondary:
             known |= {self.secondary.name, *(t.name for t in self.secondary.tasks)}
+        if self.chat:
+            problems += self._chat_problems(names)
         for i, c in enumerate(self.constraints):
             if c.objective not in known:
                 problems.append(f"constraints[{i}].objective: {c.objective!r} is neither 'primary', the "
@@ -186,6 +250,20 @@ class ObjectiveConfig(ScoreSpec):
         if problems:
             raise ConfigProblems(problems)
         return self
+
+    def _chat_problems(self, names: list[str]) -> list[str]:
+        """What ``chat`` must agree on with the rest of the objective."""
+        chat, out = self.chat, []
+        if chat.rungs is not None and len(chat.rungs) != len(self.rungs):
+            out.append(f"chat.rungs: one entry per rung of objective.rungs ({len(self.rungs)}: {self.rungs}) is "
+                       f"needed, but got {len(chat.rungs)} ({chat.rungs}): rung i answers chat.rungs[i] questions")
+        if CHAT in names:
+            out.append(f"a task named {CHAT!r} clashes with the chat objective's score of that name: rename the task "
+                       "(an lm-eval task YAML of your own)")
+        if self.aggregate == "expert_relative" and not (self.reference or {}).get(CHAT):
+            out.append(f"aggregate expert_relative with objective.chat needs reference.{CHAT} (the best expert's chat "
+                       "score, (rating - 1) / 9), but it is missing or 0: add it to objective.reference")
+        return out
 
     def all_tasks(self) -> list[TaskSpec]:
         """Primary then secondary task specs."""

@@ -9,6 +9,9 @@ Lifecycle::
         trial.report(r.score, r.rung)           # partial results for pruning
     final = obj.score(model, tok, split="test")  # held-out documents
 
+With ``objective.chat`` every rung also answers and judges its chat questions (:mod:`objectives.chat`): the
+score is ``tasks["chat"]`` (0..1), ``n["chat"]`` the questions rated, and it is part of the primary fitness.
+
 Subsets: for each task the documents ``0..n-1`` are permuted by ``random.Random(f"{subset_seed}:{task}")``
 (string seeds are hashed with SHA-512, independent of ``PYTHONHASHSEED``); the search subset is the first
 ``subset`` ids of that order, a same-task held-out subset the next ``heldout`` ids, and rung ``k`` evaluates
@@ -18,15 +21,16 @@ the first ``k`` ids of the search subset, so rungs are nested and every trial se
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from objectives.config import Constraint, ObjectiveConfig, ScoreSpec, Size, TaskSpec
+from objectives.chat import ChatObjective
+from objectives.config import CHAT, ObjectiveConfig, Size, TaskSpec
 from objectives.errors import UserError, did_you_mean, first_line
+from objectives.fitness import aggregate, constraint_values, violations
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
 from objectives.selection import ItemMatrix, estimate_record, ordered, rung_estimates
 
@@ -163,39 +167,6 @@ def _take(size: Size | None, available: int) -> int:
     return available if size in (None, "all") else size
 
 
-# --- aggregation ------------------------------------------------------------------------------------------
-
-
-def aggregate(spec: ScoreSpec, scores: dict[str, float]) -> float:
-    """The fitness of per-task ``scores`` under ``spec.aggregate`` (weights from ``spec.tasks``)."""
-    if spec.aggregate == "min":
-        return min(scores[t.name] for t in spec.tasks)
-    ref = spec.reference if spec.aggregate == "expert_relative" else None
-    total = sum(t.weight for t in spec.tasks)
-    return sum(t.weight * scores[t.name] / (ref[t.name] if ref else 1.0) for t in spec.tasks) / total
-
-
-def _bounded_value(config: ObjectiveConfig, c: Constraint, primary: float, secondary: float | None,
-                   scores: dict[str, float]) -> float | None:
-    """The score constraint ``c`` bounds: the primary, the secondary objective's or one task's (None: not
-    evaluated)."""
-    sec_name = config.secondary.name if config.secondary else None
-    return primary if c.objective == "primary" else secondary if c.objective == sec_name else scores.get(c.objective)
-
-
-def constraint_values(config: ObjectiveConfig, res: RungResult) -> dict[str, float]:
-    """Optuna constraint values (``<= 0`` is feasible) of ``config.constraints`` for ``res``, keyed
-    ``"<index>:<objective>"``: how far the score lies outside ``[min, max]`` (negative: inside, by that much).
-    Constraints on a score not evaluated at this rung are left out."""
-    out = {}
-    for i, c in enumerate(config.constraints):
-        v = _bounded_value(config, c, res.score, res.secondary, res.tasks)
-        if v is not None:
-            out[f"{i}:{c.objective}"] = max(c.min - v if c.min is not None else -math.inf,
-                                            v - c.max if c.max is not None else -math.inf)
-    return out
-
-
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, device: Any = "cpu") -> Iterator[None]:
     """Run the block with torch pinned to ``threads`` CPU threads when ``device`` is the CPU (restored
@@ -223,8 +194,10 @@ class Objective:
     not produce, groups, subsets larger than the task, datasets not available offline).
     """
 
-    def __init__(self, config: ObjectiveConfig, *, tm=None, matrix: ItemMatrix | None = None):
-        """``matrix``: the sources' item matrix (``selection: informative``: ordered subsets, rung estimates)."""
+    def __init__(self, config: ObjectiveConfig, *, tm=None, matrix: ItemMatrix | None = None,
+                 chat_cache=None, judge=None):
+        """``matrix``: the sources' item matrix (``selection: informative``: ordered subsets, rung estimates);
+        ``chat_cache``: the chat judgement cache's file (None: in memory); ``judge``: a chat judge backend (tests)."""
         self.config = config
         bad_paths = [p for p in config.include_paths if not p.is_dir()]
         self._tm = tm or (None if bad_paths else task_manager(config.include_paths, config.include_defaults))
@@ -241,6 +214,11 @@ class Objective:
         problems += [f"objective.selection 'informative' needs per-item mean metrics, but {t.name!r} reports "
                      f"{t.metric!r}: use selection: random" for t in config.all_tasks() if config.selection ==
                      "informative" and t.name in self._tasks and not self._is_mean(t.name, t.name)]
+        self.chat = None
+        try:
+            self.chat = ChatObjective(config.chat, cache_path=chat_cache, judge=judge) if config.chat else None
+        except UserError as err:
+            problems.append(str(err))
         if problems:
             raise UserError(f"objective: {len(problems)} problem(s): " + "; ".join(problems))
         self.matrix = matrix if config.selection == "informative" else None
@@ -288,7 +266,8 @@ class Objective:
     def record(self) -> dict[str, Any]:
         """The subsets as JSON (``{"seed", "tasks": {task: {...ids...}}}``) to store with the run."""
         return {"seed": self.config.subset_seed, "selection": "informative" if self.matrix else "random",
-                "tasks": {name: asdict(s) for name, s in self.subsets.items()}}
+                "tasks": {name: asdict(s) for name, s in self.subsets.items()},
+                **({CHAT: self.chat.record()} if self.chat else {})}
 
     def rung_sizes(self) -> list[dict[str, int]]:
         """Items per task at each rung."""
@@ -304,7 +283,7 @@ class Objective:
 
     @property
     def has_heldout(self) -> bool:
-        return any(s.heldout_task for s in self.subsets.values())
+        return any(s.heldout_task for s in self.subsets.values()) or bool(self.chat and self.chat.test_questions)
 
     # -- scoring -------------------------------------------------------------------------------------------
 
@@ -317,6 +296,8 @@ class Objective:
         """
         rungs = len(self.config.rungs)
         rung = rung % rungs if split == "search" else -1
+        if self.chat and split == "search":
+            self.chat.check_budget()  # a spent judge budget stops before anything is scored
         want = self.samples(split, rung)
         lm_task = {s.task: (s.heldout_task if split == "test" else s.task) for s in self.subsets.values()}
         if split == "test":
@@ -335,7 +316,9 @@ class Objective:
             out = run_tasks(lm, [self._tasks[t] for t in todo], todo, task_manager=self._tm,
                             apply_chat_template=c.apply_chat_template, fewshot_as_multiturn=c.fewshot_as_multiturn,
                             bootstrap_iters=c.bootstrap_iters)
-        return self._collect(split, rung, want, lm_task, prev, todo, out)
+        chat = self.chat.score(model, tokenizer, split=split, rung=rung, rungs=rungs,
+                               previous=prev.get(CHAT)) if self.chat else None
+        return self._collect(split, rung, want, lm_task, prev, todo, out, chat)
 
     def _spec(self, name: str) -> TaskSpec:
         return next(t for t in self.config.all_tasks() if t.name == name)
@@ -346,7 +329,7 @@ class Objective:
         metric = self._spec(name).metric.partition(",")[0]
         return self._tasks[task_name].aggregation().get(metric) is mean
 
-    def _collect(self, split, rung, want, lm_task, prev, todo, out) -> RungResult:
+    def _collect(self, split, rung, want, lm_task, prev, todo, out, chat) -> RungResult:
         scores, stderr, n, values = {}, {}, {}, {}
         for name, task_name in lm_task.items():
             metric = self._spec(name).metric
@@ -364,29 +347,19 @@ class Objective:
                 err = res.get(f"{mname}_stderr,{filt}")
                 scores[name], stderr[name] = float(res[metric]), (float(err) if isinstance(err, (int, float))
                                                                  else None)
+        if chat is not None:
+            scores[CHAT], stderr[CHAT], n[CHAT], values[CHAT] = chat.score, chat.stderr, chat.n, chat.values
         c = self.config
-        primary = aggregate(c, {t.name: scores[t.name] for t in c.tasks}) if all(
+        primary = aggregate(c, scores) if all(
             t.name in scores for t in c.tasks) else float("nan")
         secondary = None
         if c.secondary and all(t.name in scores for t in c.secondary.tasks):
             secondary = aggregate(c.secondary, scores)
         est = rung_estimates(self.matrix, self.subsets, values) if self.matrix and split == "search" else {}
         return RungResult(split=split, rung=rung, score=primary, tasks=scores, stderr=stderr, n=n,
-                          secondary=secondary, violations=self._violations(primary, secondary, scores),
+                          secondary=secondary, violations=violations(c, primary, secondary, scores),
                           final=split == "test" or rung == len(c.rungs) - 1, values=values,
-                          estimate=estimate_record(est, lambda v: aggregate(c, v)) if est else None)
-
-    def _violations(self, primary: float, secondary: float | None, scores: dict[str, float]) -> list[str]:
-        out = []
-        for c in self.config.constraints:
-            v = _bounded_value(self.config, c, primary, secondary, scores)
-            if v is None:
-                continue
-            if c.min is not None and v < c.min:
-                out.append(f"{c.objective} = {v:.4f} < min {c.min}")
-            if c.max is not None and v > c.max:
-                out.append(f"{c.objective} = {v:.4f} > max {c.max}")
-        return out
+                          estimate=estimate_record(est, lambda v: aggregate(c, {**scores, **v})) if est else None)
 
     def iter_rungs(self, model, tokenizer) -> Iterator[RungResult]:
         """Yield the cumulative result after each rung (stop iterating to prune); one HFLM for all."""
