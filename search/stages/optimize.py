@@ -20,6 +20,7 @@ from typing import Any
 
 import optuna
 
+from objectives.chat import CHAT_JUDGEMENTS, overlap_problems
 from objectives.errors import UserError
 from objectives.objective import Objective
 from search.config import RunConfig, save_run_config
@@ -30,6 +31,7 @@ from search.merge.sources import is_local, source_problems
 from search.preflight import RESOURCE_KEYS, as_read_back, config_diff, storage_problems
 from search.rundir import RunDir, RunManifest, TrialAttr
 from search.stages.base import StageContext, StageInterrupted
+from search.stages.chat_templates import merge_template
 from search.stages.selection import item_matrix, matrix_items
 from search.stages.trial_worker import MergeEvalWorker
 
@@ -37,6 +39,8 @@ __all__ = ["NAME", "SECTIONS", "SearchSummary", "problems", "run", "run_search",
            "study_owner_problems", "warm_params"]
 
 NAME = "search"
+# How much the chat objective may spend or run at once: not what a study's trials mean.
+CHAT_RESOURCE_KEYS = {"objective.chat.max_judge_calls", "objective.chat.judge.concurrency"}
 # What the study holds: a change in one of these sections makes another study (another run folder).
 SECTIONS = ("name", "seed", "device", "space", "objective", "recipes", "search")
 
@@ -76,14 +80,17 @@ def warm_params(cfg: RunConfig) -> list[dict[str, Any]]:
 
 def problems(cfg: RunConfig, run: RunDir) -> list[str]:
     """The search's inputs: source models (folders, safetensors headers, architectures, shapes, vocabularies),
-    the tasks (exist, enough documents), the tokenizer source, the storage URL and the study it may already
-    hold (made by another config?)."""
+    the tasks (exist, enough documents), the chat objective's questions (none shared with the final
+    measurement, mtbench.questions) and the merge's chat template, the tokenizer source, the storage URL and
+    the study it may already hold (made by another config?)."""
     out = source_problems(cfg.space.base_model, [m.model for m in cfg.space.models], device=cfg.device,
                           vocabulary=cfg.space.vocabulary_source)
     try:
         Objective(cfg.objective)
     except UserError as err:
         out.append(str(err))
+    if cfg.objective.chat:
+        out += overlap_problems(cfg.objective.chat, cfg.mtbench.questions) + _chat_template_problems(cfg)
     url = run.storage_url(cfg.search.storage)
     out += storage_problems(url, creating=run.root) or study_owner_problems(cfg, url)
     field, tok = (("space.tokenizer.source", cfg.space.tokenizer.source) if cfg.space.tokenizer
@@ -91,6 +98,18 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
     if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
         out.append(f"{field} {tok!r} is not a folder: give a model folder, 'base' or 'union'")
     return out
+
+
+def _chat_template_problems(cfg: RunConfig) -> list[str]:
+    """The chat objective asks every candidate in its chat template: a merge that will have none needs
+    ``objective.chat.chat_template``."""
+    if cfg.objective.chat.chat_template not in (None, "model"):
+        return []
+    has, donor = merge_template(cfg.space)
+    return [] if has is not False else [
+        f"objective.chat.chat_template is not set but the merge will have no chat template (its tokenizer "
+        f"comes from {donor!r}): set objective.chat.chat_template (chatml, a Jinja "
+        "template or a .jinja file)"]
 
 
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> SearchSummary:
@@ -105,9 +124,13 @@ def study_fingerprint(cfg: RunConfig) -> dict:
     """The keys of ``cfg`` that decide what a study's trials mean: its :data:`SECTIONS`, less how much is run
     (:data:`~search.preflight.RESOURCE_KEYS`) and where the study is stored."""
     data = {k: v for k, v in as_read_back(cfg).items() if k in SECTIONS}
-    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"}:
-        section, name = key.split(".")
-        data.get(section, {}).pop(name, None)
+    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"} | CHAT_RESOURCE_KEYS:
+        *path, name = key.split(".")
+        section = data
+        for part in path:
+            section = section.get(part) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            section.pop(name, None)
     return data
 
 
@@ -165,7 +188,8 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
     init_ray(address, num_cpus=max(os.cpu_count() or 1, math.ceil(scfg.workers * scfg.worker_cpus)))
     run.artifacts.mkdir(parents=True, exist_ok=True)
     driver = Driver(
-        study, worker_factory=functools.partial(MergeEvalWorker, cfg, matrix),
+        study, worker_factory=functools.partial(MergeEvalWorker, cfg, matrix,
+                                                chat_cache=run.root.resolve() / CHAT_JUDGEMENTS if cfg.objective.chat else None),
         suggest=functools.partial(suggest_params, cfg.space), describe=functools.partial(recipe_text, cfg.space),
         n_trials=scfg.n_trials, workers=scfg.workers, seed=cfg.seed, max_retries=scfg.max_retries,
         max_failures_in_a_row=scfg.max_failures_in_a_row,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from objectives.lmeval import make_lm
@@ -67,9 +68,10 @@ class MergeEvalWorker:
     between its rungs, and each rung only evaluates the documents the previous one did not cover.
     """
 
-    def __init__(self, config: Any, matrix: ItemMatrix | None = None):
+    def __init__(self, config: Any, matrix: ItemMatrix | None = None, chat_cache: Path | None = None):
         self.config = config
         self.matrix = matrix  # the sources' item matrix (objective.selection: informative)
+        self.chat_cache = chat_cache  # objective.chat's judgement cache, shared by the workers (None: in memory)
         self._trial: _Resident | None = None
 
     def setup(self) -> WorkerSetup:
@@ -77,7 +79,7 @@ class MergeEvalWorker:
             raise ValueError("objective.selection 'informative' needs the sources' item matrix "
                              "(search.stages.selection.item_matrix)")
         self.merger = ResidentMerger.from_space(self.config.space, device=self.config.device)
-        self.objective = Objective(self.config.objective, matrix=self.matrix)
+        self.objective = Objective(self.config.objective, matrix=self.matrix, chat_cache=self.chat_cache)
         return WorkerSetup(rungs=len(self.config.objective.rungs), device=self.config.device)
 
     def _load(self, trial_number: int, params: dict, seed: int) -> MergeInfo | None:

@@ -6,8 +6,10 @@ The fast tests use a question file written here, a fake chat model and a countin
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+import yaml
 
 from objectives.chat import ChatObjective, JudgeBudgetSpent, JudgementCache, normalise, overlap_problems
 from objectives.config import CHAT, ChatConfig, ObjectiveConfig
@@ -239,3 +241,59 @@ def test_a_demo_expert_scores_a_chat_value_on_a_rung_of_8_questions(world):
     assert obj.record()[CHAT]["ids"][:2] == ["s1", "s2"]
     held = obj.score(model, tok, split="test")  # no test_questions: the held-out split has no chat part
     assert CHAT not in held.tasks
+
+
+def chat_run_config(world, tmp_path, questions):
+    """A demo-world run config (rungs 20 -> 40 items per task) with a chat objective of 8 -> 16 questions."""
+    from demo_configs import write_config
+
+    from search.config import load_run_config
+
+    path = write_config(world, tmp_path / "c.yaml", objective={
+        "chat": {"questions": str(questions), "rungs": [8, 16], "max_new_tokens": 48, "batch_size": 16}})
+    data = yaml.safe_load(path.read_text())
+    data["mtbench"] = {"questions": str(world.mtbench_questions)}
+    path.write_text(yaml.safe_dump(data))
+    return load_run_config(path)
+
+
+def test_the_search_refuses_chat_questions_shared_with_the_final_set(world, tmp_path):
+    from search.rundir import RunDir
+    from search.stages import optimize
+
+    mixed = tmp_path / "mixed.jsonl"
+    shutil.copy(world_chat_questions(world), mixed)
+    with mixed.open("a", encoding="utf-8") as f:
+        f.write(world.mtbench_questions.read_text(encoding="utf-8").splitlines()[0] + "\n")
+    problems = optimize.problems(chat_run_config(world, tmp_path, mixed), RunDir(tmp_path / "run"))
+    shared = [p for p in problems if "shares" in p]
+    assert len(shared) == 1 and str(mixed) in shared[0] and str(world.mtbench_questions) in shared[0]
+    assert "shares 1 question(s)" in shared[0]
+    clean = optimize.problems(chat_run_config(world, tmp_path, world_chat_questions(world)), RunDir(tmp_path / "run"))
+    assert clean == []
+
+
+def test_a_trial_records_the_chat_score_rung_by_rung_and_keeps_its_judgements(world, tmp_path):
+    import torch
+
+    from search.rundir import TrialAttr
+    from search.stages.optimize import warm_params
+    from search.stages.trial_worker import MergeEvalWorker
+
+    cfg = chat_run_config(world, tmp_path, world_chat_questions(world))
+    cache = tmp_path / "run" / "chat-judgements.jsonl"
+    worker = MergeEvalWorker(cfg, chat_cache=cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        worker.setup()
+        params = warm_params(cfg)[0]
+        first = worker.run_rung(0, params, 1, 0)
+        second = worker.run_rung(0, params, 1, 1)
+    finally:
+        torch.set_num_threads(threads)
+    assert first.attrs[TrialAttr.ITEMS_PER_TASK][CHAT] == 8 and second.attrs[TrialAttr.ITEMS_PER_TASK][CHAT] == 16
+    assert 0 <= second.attrs[TrialAttr.SCORES][CHAT] <= 1 and second.items == 3 * 40 + 16
+    # rung 2 judged only the 8 new questions: 16 + 16 judgements in the run folder's cache, none twice
+    lines = cache.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 32 and len({json.loads(line)["key"] for line in lines}) == 32
