@@ -269,6 +269,13 @@ class Objective:
                 "tasks": {name: asdict(s) for name, s in self.subsets.items()},
                 **({CHAT: self.chat.record()} if self.chat else {})}
 
+    def task_kinds(self) -> dict[str, str]:
+        """What each score measures: ``"generation"`` (an lm-eval ``generate_until`` task), ``"loglikelihood"``
+        (every other lm-eval task) or ``"chat"`` (the chat objective); keyed by the search task's name."""
+        kinds = {name: "generation" if task.OUTPUT_TYPE == "generate_until" else "loglikelihood"
+                 for name, task in self._tasks.items() if name in self.subsets}
+        return kinds | ({CHAT: "chat"} if self.chat else {})
+
     def rung_sizes(self) -> list[dict[str, int]]:
         """Items per task at each rung."""
         return [{n: len(s.search) if k == "all" else min(k, len(s.search)) for n, s in self.subsets.items()}

@@ -57,7 +57,7 @@ def evaluate_candidates(objective, candidates: list[Candidate], *, log=print) ->
         m = models[c.name]
         log(f"  search {m.search_avg:.4f}" + (f"  held-out {m.test_avg:.4f}" if m.test_avg is not None else "")
             + (f"  ({objective.config.secondary.name}: search {fmt_score(m.secondary_avg)})" if m.has_secondary else ""))
-    return HeldoutReport(models=models, subsets=objective.record())
+    return HeldoutReport(models=models, subsets=objective.record(), task_kinds=objective.task_kinds())
 
 
 def _score(objective, c: Candidate) -> ModelScores:

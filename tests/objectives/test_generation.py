@@ -70,3 +70,9 @@ def test_generation_rungs_are_nested_and_add_up_to_a_full_evaluation(world, expe
     # the zahlen expert ranks the options far better than it generates the answer (the log-likelihood /
     # generation gap a generative objective exists to see)
     assert fresh.tasks[world.tasks["search"][SKILL]] > fresh.tasks[name]
+
+
+def test_task_kinds_tell_generation_from_log_likelihood(world):
+    obj = _objective(world)
+    assert obj.task_kinds() == {world.gen_tasks["search"][SKILL]: "generation",
+                                world.tasks["search"][SKILL]: "loglikelihood"}
