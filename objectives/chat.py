@@ -39,11 +39,10 @@ from objectives.mtbench.questions import Question, load_questions
 from objectives.mtbench.scores import parse_rating
 from objectives.templates import resolve_chat_template
 
-__all__ = ["CHAT_JUDGEMENTS", "ChatObjective", "ChatScore", "JudgeBudgetSpent", "JudgementCache", "normalise",
+__all__ = ["ChatObjective", "ChatScore", "JudgeBudgetSpent", "JudgementCache", "normalise",
            "overlap_problems", "shared_questions"]
 
 # The judgement cache's file name in a search's run folder (the search stage passes RUN/<this>).
-CHAT_JUDGEMENTS = "chat-judgements.jsonl"
 
 
 class JudgeBudgetSpent(UserError):

@@ -298,6 +298,10 @@ class RunDir:
         return self.root / "report.md"
 
     @property
+    def chat_judgements(self) -> Path:  # objective.chat's judgement cache, shared by the search's workers
+        return self.root / "chat-judgements.jsonl"
+
+    @property
     def ship_json(self) -> Path:  # the model to ship and why (search.stages.verdict.ShipDecision)
         return self.root / "ship.json"
 

@@ -114,7 +114,9 @@ def evaluate(cfg: RunConfig, out: str | Path, *, recipes: list[str] | None = Non
     folder = RunDir(Path(out))
     trials = top_trials(study_run, top_k) if study_run else []
     matrix = RunDir(Path(study_run)).item_matrix if study_run and Path(study_run).is_dir() else None
-    objective = Objective(cfg.objective, matrix=ItemMatrix.load(matrix) if matrix and matrix.is_file() else None)
+    judged = RunDir(Path(study_run)).chat_judgements if study_run and Path(study_run).is_dir() else None
+    objective = Objective(cfg.objective, matrix=ItemMatrix.load(matrix) if matrix and matrix.is_file() else None,
+                          chat_cache=judged if cfg.objective.chat else None)  # the search's chat judgements
     report = evaluate_candidates(objective, candidates(cfg, list(recipes or []), trials), log=log)
     report.save(folder)
     log(f"wrote {folder.heldout_json} and {folder.heldout_md}")

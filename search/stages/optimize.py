@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from objectives.chat import CHAT_JUDGEMENTS, overlap_problems
+from objectives.chat import overlap_problems
 from objectives.errors import UserError
 from objectives.objective import Objective
 from search.config import RunConfig, save_run_config
@@ -39,8 +39,6 @@ __all__ = ["NAME", "SECTIONS", "SearchSummary", "problems", "run", "run_search",
            "study_owner_problems", "warm_params"]
 
 NAME = "search"
-# How much the chat objective may spend or run at once: not what a study's trials mean.
-CHAT_RESOURCE_KEYS = {"objective.chat.max_judge_calls", "objective.chat.judge.concurrency"}
 # What the study holds: a change in one of these sections makes another study (another run folder).
 SECTIONS = ("name", "seed", "device", "space", "objective", "recipes", "search")
 
@@ -124,7 +122,7 @@ def study_fingerprint(cfg: RunConfig) -> dict:
     """The keys of ``cfg`` that decide what a study's trials mean: its :data:`SECTIONS`, less how much is run
     (:data:`~search.preflight.RESOURCE_KEYS`) and where the study is stored."""
     data = {k: v for k, v in as_read_back(cfg).items() if k in SECTIONS}
-    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"} | CHAT_RESOURCE_KEYS:
+    for key in RESOURCE_KEYS | {"search.storage", "search.study_name"}:
         *path, name = key.split(".")
         section = data
         for part in path:
@@ -189,7 +187,7 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
     run.artifacts.mkdir(parents=True, exist_ok=True)
     driver = Driver(
         study, worker_factory=functools.partial(MergeEvalWorker, cfg, matrix,
-                                                chat_cache=run.root.resolve() / CHAT_JUDGEMENTS if cfg.objective.chat else None),
+                                                chat_cache=run.chat_judgements.resolve() if cfg.objective.chat else None),
         suggest=functools.partial(suggest_params, cfg.space), describe=functools.partial(recipe_text, cfg.space),
         n_trials=scfg.n_trials, workers=scfg.workers, seed=cfg.seed, max_retries=scfg.max_retries,
         max_failures_in_a_row=scfg.max_failures_in_a_row,

@@ -57,7 +57,9 @@ def item_matrix(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> ItemMa
         return None
     sources = [c for c in candidates(cfg, [], []) if c.kind == "source"]
     names = [c.name for c in sources]
-    objective = Objective(cfg.objective)  # random order: the same documents, scored in full
+    # random order: the same documents, scored in full; the chat objective has no items to order (and its judge
+    # calls would be spent outside the search's budget)
+    objective = Objective(cfg.objective.model_copy(update={"chat": None}))
     if run.item_matrix.is_file():
         return _load(run.item_matrix, names, objective)
     per_source = []
