@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,8 +216,10 @@ class ChatObjective:
         if not tokenizer.chat_template and self.template is None:
             raise UserError("objective.chat: the candidate's tokenizer has no chat template: set "
                             "objective.chat.chat_template (chatml, a Jinja template or a .jinja file)")
+        # progress bars only when asked for (merge-search --verbose), as for the lm-eval tasks beside it
         return LocalChatModel(model, tokenizer, device=str(model.device), batch_size=self.cfg.batch_size,
-                              seed=self.cfg.seed, chat_template=self.template)
+                              seed=self.cfg.seed, chat_template=self.template,
+                              progress=bool(os.environ.get("MERGE_SEARCH_VERBOSE")))
 
     def score(self, model, tokenizer, *, split: str = "search", rung: int = -1, rungs: int = 1,
               previous: dict[int, float] | None = None) -> ChatScore | None:

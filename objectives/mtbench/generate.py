@@ -50,9 +50,10 @@ class LocalChatModel:
     """A Hugging Face causal LM folder answering chats in batches (same temperature per batch)."""
 
     def __init__(self, model, tokenizer, *, device: str = "cpu", batch_size: int = 8, seed: int = 0,
-                 fingerprint: str | None = None, chat_template: str | None = None):
+                 fingerprint: str | None = None, chat_template: str | None = None, progress: bool = True):
         """``chat_template``: the Jinja template for a tokenizer that has none (``mtbench.chat_template`` resolved
-        by :func:`objectives.templates.resolve_chat_template`); a model with its own template is asked in it."""
+        by :func:`objectives.templates.resolve_chat_template`); a model with its own template is asked in it.
+        ``progress``: a progress bar per batch of replies."""
         import torch
 
         if _use_template(tokenizer, chat_template):
@@ -60,7 +61,7 @@ class LocalChatModel:
             tokenizer.chat_template = chat_template
             fingerprint = json.dumps([fingerprint, chat_template]) if fingerprint else None
         self.model, self.tok = model.to(device).eval(), tokenizer
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.progress = device, batch_size, progress
         torch.manual_seed(seed)
         self.end_of_turn = end_of_turn(self.tok)
         self.eos = self._eos_ids()
@@ -121,7 +122,7 @@ class LocalChatModel:
             cur.append(i)
         batches += [cur] if cur else []
         out: list[str] = [""] * len(encoded)
-        with tqdm(total=len(encoded), desc=desc, leave=False) as bar, torch.no_grad():
+        with tqdm(total=len(encoded), desc=desc, leave=False, disable=not self.progress) as bar, torch.no_grad():
             for batch in batches:
                 for i, text in zip(batch, self._generate([encoded[i] for i in batch], temperatures[batch[0]], max_new_tokens)):
                     out[i] = text
