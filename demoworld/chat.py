@@ -33,7 +33,7 @@ __all__ = ["GENERIC_QUESTIONS", "QUESTIONS_PER_SKILL", "SEARCH_QUESTIONS", "SYST
 SYSTEM = "Du bist ein hilfreicher Assistent."
 QUESTIONS_PER_SKILL = 8
 GENERIC_QUESTIONS = 4
-SEARCH_QUESTIONS = (9, 5)  # per skill, everyday: 32 questions for a chat objective's rungs (8 -> 16 -> 32)
+SEARCH_QUESTIONS = (30, 6)  # per skill, everyday: 96 questions for a chat objective's rungs (e.g. 16 -> 48 -> 96)
 REFUSAL_WORDS = ["sorry", "know", "idea"]  # the English refusals of the preference data's rejected answers
 
 
@@ -114,7 +114,7 @@ def search_questions(search_items: dict[str, list[Item]], seed: int, final: list
         if not seen.intersection(q["turns"]):
             seen.update(q["turns"])
             everyday.append(q)
-    # an everyday question after every few skill questions, so that a rung of 8 has one
+    # an everyday question after every few skill questions, so that a first rung of 16 has one
     step = max(1, len(rows) // generic)
     for i, q in enumerate(everyday):
         rows.insert(min(len(rows), (i + 1) * step + i), q)
