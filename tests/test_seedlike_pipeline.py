@@ -23,6 +23,7 @@ def _config(world, tmp_path: Path) -> Path:
     for m in cfg["space"]["models"]:
         m["model"] = str(world.experts[m["name"]])
     cfg["objective"]["include_paths"] = [str(world.include_path)]
+    cfg["objective"]["chat"].update(questions=str(world.chat_questions), rungs=[8, 16, 24])  # fewer questions
     cfg["search"].update(n_trials=20, workers=1)
     cfg["dpo"]["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"])}
     cfg["dpo"]["train"]["max_steps"] = 8
