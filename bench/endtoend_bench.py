@@ -69,10 +69,9 @@ def _row(run: RunDir, seed: int, seconds: float) -> dict:
         rec = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "recipe"}
         row[kind] = {"winner": _mean(trial.test, tasks), "best_source": max(v for v in src.values() if v is not None),
                      "recipe": max((v for v in rec.values() if v is not None), default=None)}
-    chat, _ = chat_scores(run)
-    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
-    row["chat"] = {"winner": chat.get(MERGE), "best_source": max(sources.values(), default=None),
-                   "merge_dpo": chat.get(MERGE_DPO)}
+    chat = chat_scores(run)
+    row["chat"] = {"winner": chat.scores.get(MERGE), "best_source": max(chat.of("source").values(), default=None),
+                   "recipe": max(chat.of("recipe").values(), default=None), "merge_dpo": chat.scores.get(MERGE_DPO)}
     metrics = json.loads(run.dpo.metrics.read_text(encoding="utf-8")) if run.dpo.metrics.is_file() else {}
     before, after = metrics.get("heldout_before", {}), metrics.get("heldout_after", {})
     row["dpo"] = {k: (before.get(k), after.get(k)) for k in ("pref_accuracy", "chosen_logp")}
@@ -92,18 +91,19 @@ def _ok(winner, *others) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = ["| seed | log-lik. test: winner / best source / recipe | generation test: winner / best source / recipe "
-             "| chat: merge / best source / merge+DPO | winner above all 3 | DPO >= merge | pref. acc. | chosen logp "
+             "| chat: merge / best source / recipe / merge+DPO | winner above all 3 | DPO >= merge | pref. acc. | chosen logp "
              "| ship | wall |", "|---|---|---|---|---|---|---|---|---|---:|"]
     for r in rows:
         ll, gen, chat, dpo = r.get("loglikelihood", {}), r.get("generation", {}), r["chat"], r["dpo"]
         above = all(_ok(m.get("winner"), m.get("best_source"), m.get("recipe")) == "yes" for m in (ll, gen) if m) \
-            and _ok(chat["winner"], chat["best_source"]) == "yes"
+            and _ok(chat["winner"], chat["best_source"], chat["recipe"]) == "yes"
         dpo_ok = chat["merge_dpo"] is not None and chat["winner"] is not None and chat["merge_dpo"] >= chat["winner"]
         pa, cl = dpo["pref_accuracy"], dpo["chosen_logp"]
         lines.append(
             f"| {r['seed']} | {_f(ll.get('winner'))} / {_f(ll.get('best_source'))} / {_f(ll.get('recipe'))} "
             f"| {_f(gen.get('winner'))} / {_f(gen.get('best_source'))} / {_f(gen.get('recipe'))} "
-            f"| {_f(chat['winner'], '.2f')} / {_f(chat['best_source'], '.2f')} / {_f(chat['merge_dpo'], '.2f')} "
+            f"| {_f(chat['winner'], '.2f')} / {_f(chat['best_source'], '.2f')} / {_f(chat['recipe'], '.2f')} "
+            f"/ {_f(chat['merge_dpo'], '.2f')} "
             f"| {'yes' if above else 'NO'} | {'yes' if dpo_ok else 'NO'} | {_f(pa[0])} -> {_f(pa[1])} "
             f"| {_f(cl[0], '.2f')} -> {_f(cl[1], '.2f')} | {r['ship']} | {r['seconds']} s |")
     return "\n".join(lines)

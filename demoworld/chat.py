@@ -31,8 +31,8 @@ __all__ = ["GENERIC_QUESTIONS", "QUESTIONS_PER_SKILL", "SEARCH_QUESTIONS", "SYST
            "mtbench_questions", "search_questions", "skill_chat_docs", "user_turn"]
 
 SYSTEM = "Du bist ein hilfreicher Assistent."
-QUESTIONS_PER_SKILL = 8
-GENERIC_QUESTIONS = 4
+QUESTIONS_PER_SKILL = 24  # 24 per skill + 8 everyday = 80 questions, as many as MT-Bench has
+GENERIC_QUESTIONS = 8
 SEARCH_QUESTIONS = (30, 6)  # per skill, everyday: 96 questions for a chat objective's rungs (e.g. 16 -> 48 -> 96)
 REFUSAL_WORDS = ["sorry", "know", "idea"]  # the English refusals of the preference data's rejected answers
 

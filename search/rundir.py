@@ -283,7 +283,11 @@ class RunDir:
         return self.root / "mtbench"
 
     def mtbench_model(self, name: str) -> Path:
-        return self.mtbench / name.replace("+", "_")
+        return self.mtbench / name.replace("+", "_").replace(":", "_")
+
+    @property
+    def mtbench_kinds(self) -> Path:  # {model name: source | recipe | merge | merge+dpo} of the rated models
+        return self.mtbench / "models.json"
 
     @property
     def comparison_md(self) -> Path:

@@ -29,6 +29,7 @@ from search.merge.sources import model_folder_problems
 from search.preflight import raise_problems
 from search.rundir import RunDir
 from search.stages.base import StageContext
+from search.stages.candidates import candidates
 from search.stages.chat_templates import merge_template, source_templates
 
 __all__ = ["NAME", "SECTIONS", "chat_model", "mtbench_config", "mtbench_models", "problems", "run",
@@ -117,12 +118,27 @@ def chat_model(source: str | Recipe, cfg: MTBenchConfig, *, endpoint_model: str 
     )
 
 
+def _chat_model(cfg: RunConfig, name: str, path: Path | None, recipe) -> LocalChatModel:
+    """The chat model of a source/merge folder or of a hand recipe's candidate (merged in memory)."""
+    m = cfg.mtbench
+    if recipe is not None:
+        model, tok = recipe.load()
+        return LocalChatModel(model, tok, device=m.device, batch_size=m.batch_size, chat_template=_template(m),
+                              seed=m.seed)
+    if not path.is_dir():
+        raise UserError(f"mtbench: model folder {str(path)!r} for {name!r} is missing: re-run with from stage 'dpo' "
+                        "(or download the source model)")
+    return LocalChatModel.from_pretrained(path, device=m.device, batch_size=m.batch_size, chat_template=_template(m),
+                                          seed=m.seed)
+
+
 def _template(cfg: MTBenchConfig) -> str | None:
     return resolve_chat_template(cfg.chat_template, "mtbench.chat_template")
 
 
 def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
-    """``{name: model folder}``: the sources (with ``pipeline.mtbench_sources``), the merge and merge + DPO."""
+    """``{name: model folder}``: the sources (with ``pipeline.mtbench_sources``), the merge and merge + DPO (the hand
+    recipes, merged in memory, come from :func:`search.stages.candidates.candidates`)."""
     models: dict[str, Path] = {}
     if cfg.pipeline.mtbench_sources:
         models["base"] = Path(cfg.space.base_model)
@@ -134,22 +150,23 @@ def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
 
 
 def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
-    """MT-Bench for every model of :func:`mtbench_models` (models with scores already are skipped), then
-    ``comparison.md`` and ``comparison.png`` with the merge as the baseline."""
+    """MT-Bench for every model of :func:`mtbench_models` and the hand recipes (``pipeline.mtbench_recipes``;
+    models with scores already are skipped), then ``models.json`` (each model's kind), ``comparison.md`` and
+    ``comparison.png`` with the merge as the baseline."""
     names, scores = [], []
-    for name, path in mtbench_models(cfg, run).items():
+    folders = mtbench_models(cfg, run)
+    recipes = {c.name: c for c in candidates(cfg, [], []) if c.kind == "recipe"} if cfg.pipeline.mtbench_recipes \
+        else {}
+    for name in [n for n in folders if n not in ("merge", "merge+dpo")] + list(recipes) + ["merge", "merge+dpo"]:
         out = run.mtbench_model(name)
         if not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # per-model resume
-            if not path.is_dir():
-                raise UserError(f"mtbench: model folder {str(path)!r} for {name!r} is missing: re-run with "
-                                "from stage 'dpo' (or download the source model)")
             log(f"MT-Bench: {name}")
-            model = LocalChatModel.from_pretrained(path, device=cfg.mtbench.device, batch_size=cfg.mtbench.batch_size,
-                                                   chat_template=_template(cfg.mtbench),
-                                                   seed=cfg.mtbench.seed)
-            run_mtbench(cfg.mtbench, out, model=model, model_id=name)
+            run_mtbench(cfg.mtbench, out, model=_chat_model(cfg, name, folders.get(name), recipes.get(name)),
+                        model_id=name)
         names.append(name)
         scores.append(load_scores(out / SCORES_FILE))
+    kinds = {n: n if n in ("merge", "merge+dpo") else "recipe" if n in recipes else "source" for n in names}
+    run.mtbench_kinds.write_text(json.dumps(kinds, indent=1) + "\n", encoding="utf-8")
     baseline = names.index("merge") if "merge" in names else 0
     run.comparison_md.write_text(comparison_table(scores, names, baseline=baseline) + "\n", encoding="utf-8")
     bar_chart(scores, names, run.comparison_png)

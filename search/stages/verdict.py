@@ -21,7 +21,7 @@ from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir
 from search.stages.heldout_report import HeldoutReport, ModelScores
 
-__all__ = ["ShipDecision", "StageVerdict", "chat_scores", "ship_decision", "stage_verdicts"]
+__all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "ship_decision", "stage_verdicts"]
 
 MERGE, MERGE_DPO = "merge", "merge+dpo"
 
@@ -41,11 +41,11 @@ class ShipDecision:
     """The model to ship by the final chat measure, with every candidate's score."""
 
     model: str  # "merge", "merge+dpo" or a source model's name
-    kind: str  # "merge" | "merge+dpo" | "source"
+    kind: str  # "merge" | "merge+dpo" | "source" | "recipe"
     score: float
     scores: dict[str, float]  # every rated model
     measure: str
-    goal_met: bool  # a merge (with or without DPO) beats every source
+    goal_met: bool  # a merge (with or without DPO) beats every source and hand recipe
     reason: str
     made_from: dict[str, Any] = field(default_factory=dict)
 
@@ -57,19 +57,36 @@ def _load(path: Path) -> Any | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def chat_scores(run: RunDir) -> tuple[dict[str, float], str]:
-    """``{model: MT-Bench average}`` of every model the MT-Bench stage rated (``merge``, ``merge+dpo``, sources)
-    and the name of the measure (which says when the judge is the offline stand-in)."""
-    merge_dir, dpo_dir = run.mtbench_model(MERGE).name, run.mtbench_model(MERGE_DPO).name
-    out, standin = {}, False
-    for path in sorted(run.mtbench.glob(f"*/{SCORES_FILE}")):
-        s = _load(path) or {}
+@dataclass(frozen=True)
+class ChatScores:
+    """The MT-Bench stage's averages: ``scores`` ``{model: average}``, ``kinds`` ``{model: source | recipe | merge |
+    merge+dpo}``, ``measure`` the name of the measure (it says when the judge is the offline stand-in)."""
+
+    scores: dict[str, float]
+    kinds: dict[str, str]
+    measure: str
+
+    def of(self, kind: str) -> dict[str, float]:
+        return {n: v for n, v in self.scores.items() if self.kinds.get(n) == kind}
+
+
+def chat_scores(run: RunDir) -> ChatScores:
+    """Every model the MT-Bench stage rated, by name (``merge``, ``merge+dpo``, sources, hand recipes), from
+    ``mtbench/models.json``; runs made before it existed: every other folder counts as a source."""
+    kinds = _load(run.mtbench_kinds)
+    if kinds is None:
+        merge_dir, dpo_dir = run.mtbench_model(MERGE).name, run.mtbench_model(MERGE_DPO).name
+        names = {p.parent.name: p.parent.name for p in run.mtbench.glob(f"*/{SCORES_FILE}")}
+        names = {{merge_dir: MERGE, dpo_dir: MERGE_DPO}.get(d, d): d for d in names}
+        kinds = {n: n if n in (MERGE, MERGE_DPO) else "source" for n in names}
+    scores, standin = {}, False
+    for name in kinds:
+        s = _load(run.mtbench_model(name) / SCORES_FILE) or {}
         if isinstance(s.get("average"), (int, float)) and math.isfinite(s["average"]):
-            name = {merge_dir: MERGE, dpo_dir: MERGE_DPO}.get(path.parent.name, path.parent.name)
-            out[name] = float(s["average"])
+            scores[name] = float(s["average"])
             standin = standin or "label" in s
     what = "chat average (stand-in judge, not MT-Bench)" if standin else "MT-Bench average"
-    return out, what
+    return ChatScores(scores, {n: k for n, k in kinds.items() if n in scores}, what)
 
 
 def _winner(heldout: HeldoutReport, winner: int | None) -> tuple[str, ModelScores] | None:
@@ -138,40 +155,49 @@ def stage_verdicts(run: RunDir, winner: int | None) -> list[StageVerdict]:
     out = []
     if run.heldout_json.is_file():
         out += _heldout_verdicts(HeldoutReport.load(run.heldout_json), winner)
-    chat, what = chat_scores(run)
-    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
-    if MERGE in chat and sources:
-        top, v = max(sources.items(), key=lambda kv: kv[1])
-        worse = not chat[MERGE] > v
-        out.append(StageVerdict("chat", worse, f"chat: {'WORSE - ' if worse else ''}the merge's {what} "
-                                f"{chat[MERGE]:.2f} is **{'NOT above' if worse else 'above'}** every source model "
-                                f"(best: {top} {v:.2f})"))
+    chat = chat_scores(run)
+    if MERGE in chat.scores:
+        for kind, label in (("source", "source model"), ("recipe", "hand recipe")):
+            others = chat.of(kind)
+            if others:
+                top, v = max(others.items(), key=lambda kv: kv[1])
+                mine = chat.scores[MERGE]
+                worse = not mine > v
+                out.append(StageVerdict("chat", worse, f"chat: {'WORSE - ' if worse else ''}the merge's {chat.measure} "
+                                        f"{mine:.2f} is **{'NOT above' if worse else 'above'}** every {label} "
+                                        f"(best: {top} {v:.2f})"))
     metrics = _load(run.dpo.metrics)
-    if metrics or MERGE_DPO in chat:
-        out.append(_dpo_verdict(metrics, chat, what))
+    if metrics or MERGE_DPO in chat.scores:
+        out.append(_dpo_verdict(metrics, chat.scores, chat.measure))
     return out
 
 
 def ship_decision(run: RunDir) -> ShipDecision | None:
-    """The model to ship: the best of merge, merge+dpo and the source models on the final chat measure. DPO's model
-    only when strictly above the merge, a merge only when strictly above every rated source (else the best source,
-    and ``goal_met`` is False). None until the MT-Bench stage has rated the merge."""
-    chat, what = chat_scores(run)
-    if MERGE not in chat:
+    """The model to ship: the best of merge, merge+dpo, the source models and the hand recipes on the final chat
+    measure. DPO's model only when strictly above the merge, a merge only when strictly above every rated source
+    and hand recipe (else the best of those, and ``goal_met`` is False). None until the MT-Bench stage has rated
+    the merge."""
+    chat = chat_scores(run)
+    if MERGE not in chat.scores:
         return None
-    sources = {n: v for n, v in chat.items() if n not in (MERGE, MERGE_DPO)}
-    ours = {MERGE: chat[MERGE]} | ({MERGE_DPO: chat[MERGE_DPO]} if MERGE_DPO in chat else {})
+    scores, what = chat.scores, chat.measure
+    others = {n: v for n, v in scores.items() if chat.kinds[n] in ("source", "recipe")}
+    ours = {MERGE: scores[MERGE]} | ({MERGE_DPO: scores[MERGE_DPO]} if MERGE_DPO in scores else {})
     pick = MERGE_DPO if MERGE_DPO in ours and ours[MERGE_DPO] > ours[MERGE] else MERGE
-    best_source = max(sources.items(), key=lambda kv: kv[1]) if sources else None
+    best_other = max(others.items(), key=lambda kv: kv[1]) if others else None
     made_from = {"mtbench": str(run.mtbench), "best_yaml": str(run.best_yaml) if run.best_yaml.is_file() else None,
                  "dpo_model": str(run.dpo.model) if MERGE_DPO in ours else None}
-    if best_source is None or ours[pick] > best_source[1]:
+    beats_sources = all(ours[pick] > v for v in chat.of("source").values())
+    if best_other is None or ours[pick] > best_other[1]:
         why = (f"{pick} has the highest {what} ({ours[pick]:.2f})" +
-               (f", above every source model (best: {best_source[0]} {best_source[1]:.2f})" if best_source else
-                " (no source model was rated: pipeline.mtbench_sources is off)"))
-        return ShipDecision(pick, pick, ours[pick], chat, what, best_source is not None, why, made_from)
-    name, v = best_source
+               (f", above every source model and hand recipe (best: {best_other[0]} {best_other[1]:.2f})"
+                if best_other else " (no source model was rated: pipeline.mtbench_sources is off)"))
+        return ShipDecision(pick, pick, ours[pick], scores, what, best_other is not None and beats_sources, why,
+                            made_from)
+    name, v = best_other
+    kind = chat.kinds[name]
     why = (f"neither the merge ({ours[MERGE]:.2f})" + (f" nor merge+dpo ({ours[MERGE_DPO]:.2f})" if MERGE_DPO in ours
                                                       else "") +
-           f" beats the source model {name} ({v:.2f}) on the {what}: this run did not reach its goal; ship the source")
-    return ShipDecision(name, "source", v, chat, what, False, why, made_from)
+           f" beats the {'source model' if kind == 'source' else 'hand recipe'} {name} ({v:.2f}) on the {what}: "
+           f"this run did not reach its goal; ship {name}")
+    return ShipDecision(name, kind, v, scores, what, False, why, made_from)

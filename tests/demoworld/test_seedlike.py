@@ -51,7 +51,7 @@ def test_manifest_kind_and_models(seedlike_world):
     assert w.models["zahlen"]["added_tokens"] == {"<|im_start|>": 94, "<|im_end|>": 95}
     assert [w.models[s]["chat_template"] for s in ("base", *SKILLS)] == [None, "chatml", "zephyr", None]
     # the same items, preference pairs and questions as a demo world of the same seed
-    assert len(w.mtbench_questions.read_text().splitlines()) == 28
+    assert len(w.mtbench_questions.read_text().splitlines()) == 80
     assert w.preferences["train"].is_file() and w.preferences["test"].is_file()
 
 

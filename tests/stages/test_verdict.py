@@ -51,6 +51,18 @@ def test_a_merge_below_a_source_on_the_final_measure_is_not_shipped(run):
     assert lines["chat"].worse and lines["dpo"].worse
 
 
+def test_a_hand_recipe_counts_on_the_final_measure(run):
+    (run.mtbench).mkdir()
+    _scores(run, "merge", 6.0)
+    _scores(run, "verben", 5.5)
+    _scores(run, "seed-recipe", 6.2)
+    run.mtbench_kinds.write_text(json.dumps({"verben": "source", "seed-recipe": "recipe", "merge": "merge"}))
+    ship = ship_decision(run)
+    assert (ship.model, ship.kind, ship.goal_met) == ("seed-recipe", "recipe", False)
+    chat = [v for v in stage_verdicts(run, winner=3) if v.stage == "chat"]
+    assert [v.worse for v in chat] == [False, True] and "every hand recipe" in chat[1].line
+
+
 def test_dpo_model_is_shipped_only_when_it_beats_the_merge(run):
     _scores(run, "merge", 6.5)
     _scores(run, "verben", 6.14)

@@ -16,7 +16,7 @@ def test_fasteval_and_fastchat_layouts(fasteval_dir, world):
     assert len(de) == 80 and de[0].question_id == "81" and len({q.category for q in de}) == 8
     assert sum(q.reference is not None for q in de) > 0
     demo = load_questions(world.mtbench_questions)
-    assert len(demo) == 28 and all(q.reference and q.keywords and len(q.turns) == 2 for q in demo)
+    assert len(demo) == 80 and all(q.reference and q.keywords and len(q.turns) == 2 for q in demo)
     assert len(load_questions(world.mtbench_questions, limit=3)) == 3
 
 
