@@ -22,7 +22,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -35,18 +34,22 @@ from search.stages.heldout_report import HeldoutReport  # noqa: E402
 from search.stages.verdict import MERGE, MERGE_DPO, chat_scores, ship_decision  # noqa: E402
 
 
-def _run(config: Path, seed: int, out: Path) -> float:
-    """Run the pipeline for ``seed`` into ``out`` (resumed/skipped when done); returns the wall seconds."""
+def _run(config: Path, seed: int, out: Path) -> None:
+    """Run the pipeline for ``seed`` into ``out`` (resumed/skipped when done)."""
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["seed"] = seed
     data["name"] = f"{data.get('name', config.stem)}-seed{seed}"
     cfg = out.parent / f"{out.name}.yaml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    t0 = time.time()
     cli = Path(sys.executable).parent / "merge-search"  # the console script beside this interpreter
     subprocess.run([str(cli), "run", str(cfg), "--out", str(out)], cwd=ROOT, check=True)
-    return time.time() - t0
+
+
+def _seconds(run: RunDir) -> float:
+    """The run's wall time: the sum of its stages' recorded seconds (a reused or resumed run counts what each
+    stage took when it ran)."""
+    return sum(json.loads(p.read_text(encoding="utf-8")).get("seconds", 0) for p in run.root.glob("stages/*.json"))
 
 
 def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
@@ -54,20 +57,21 @@ def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
     return sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
 
 
-def _row(run: RunDir, seed: int, seconds: float) -> dict:
+def _row(run: RunDir, seed: int) -> dict:
     heldout = HeldoutReport.load(run.heldout_json)
     winner = run.best_record().number
     models = heldout.models
     trial = next(m for m in models.values() if m.kind == "trial" and m.trial == winner)
     kinds = heldout.task_kinds
-    row: dict = {"seed": seed, "seconds": round(seconds)}
+    row: dict = {"seed": seed, "seconds": round(_seconds(run))}
     for kind in ("loglikelihood", "generation"):
         tasks = [t for t in trial.test if kinds.get(t, "loglikelihood") == kind]
         if not tasks:
             continue
         src = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "source"}
         rec = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "recipe"}
-        row[kind] = {"winner": _mean(trial.test, tasks), "best_source": max(v for v in src.values() if v is not None),
+        row[kind] = {"winner": _mean(trial.test, tasks),
+                     "best_source": max((v for v in src.values() if v is not None), default=None),
                      "recipe": max((v for v in rec.values() if v is not None), default=None)}
     chat = chat_scores(run)
     row["chat"] = {"winner": chat.scores.get(MERGE), "best_source": max(chat.of("source").values(), default=None),
@@ -119,8 +123,8 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         out = args.out / f"{args.config.stem}-seed{seed}"
-        seconds = _run(args.config.resolve(), seed, out)
-        rows.append(_row(RunDir(out), seed, seconds))
+        _run(args.config.resolve(), seed, out)
+        rows.append(_row(RunDir(out), seed))
         print(table(rows[-1:]), flush=True)
     print(f"\n{args.config.name}, seeds {args.seeds}:\n")
     print(table(rows))

@@ -22,8 +22,9 @@ from demoworld.train import model_config, new_model, say, train
 __all__ = ["BUILDER_VERSION", "build_demo_into"]
 
 # 2: the skills asked as chat questions with closed answers (tasks, training, MT-Bench); 3: generative tasks, chat
-# objective questions, skill preference pairs (the models are the same as version 2's)
-BUILDER_VERSION = 3
+# objective questions, skill preference pairs (the models are the same as version 2's); 4: 80 final MT-Bench
+# questions (was 28) and 96 chat objective questions (was 32)
+BUILDER_VERSION = 4
 
 
 def _save_model(model, tokenizer, path: Path) -> None:

@@ -48,7 +48,8 @@ from objectives.templates import CHATML_TEMPLATE
 __all__ = ["CHATML_TOKENS", "LIKE", "RECIPE", "SEEDLIKE_BUILDER_VERSION", "ZEPHYR_TEMPLATE", "build_seedlike_into",
            "chatml_to_zephyr", "expert_tokenizer", "plain_doc"]
 
-SEEDLIKE_BUILDER_VERSION = 2  # 2: generative tasks, chat objective questions, skill preference pairs
+# 2: generative tasks, chat objective questions, skill preference pairs; 3: 80 final and 96 chat objective questions
+SEEDLIKE_BUILDER_VERSION = 3
 CHATML_TOKENS = ["<|im_start|>", "<|im_end|>"]
 PAD_TO_MULTIPLE_OF = 64  # 96 tokens (94 + 2 added) is already a multiple of 8: 64 gives the padded rows the seed's
 # DiscoLM-style model has (vocab_size > len(tokenizer))

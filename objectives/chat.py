@@ -43,7 +43,6 @@ from objectives.templates import resolve_chat_template
 __all__ = ["ChatObjective", "ChatScore", "JudgeBudgetSpent", "JudgementCache", "normalise",
            "overlap_problems", "shared_questions"]
 
-# The judgement cache's file name in a search's run folder (the search stage passes RUN/<this>).
 
 
 class JudgeBudgetSpent(UserError):

@@ -270,10 +270,11 @@ class Objective:
                 **({CHAT: self.chat.record()} if self.chat else {})}
 
     def task_kinds(self) -> dict[str, str]:
-        """What each score measures: ``"generation"`` (an lm-eval ``generate_until`` task), ``"loglikelihood"``
-        (every other lm-eval task) or ``"chat"`` (the chat objective); keyed by the search task's name."""
-        kinds = {name: "generation" if task.OUTPUT_TYPE == "generate_until" else "loglikelihood"
-                 for name, task in self._tasks.items() if name in self.subsets}
+        """What each part of the primary fitness measures: ``"generation"`` (an lm-eval ``generate_until`` task),
+        ``"loglikelihood"`` (every other lm-eval task) or ``"chat"`` (the chat objective); keyed by the task's name
+        (secondary-objective tasks are not part of it)."""
+        kinds = {t.name: "generation" if self._tasks[t.name].OUTPUT_TYPE == "generate_until" else "loglikelihood"
+                 for t in self.config.tasks}
         return kinds | ({CHAT: "chat"} if self.chat else {})
 
     def rung_sizes(self) -> list[dict[str, int]]:

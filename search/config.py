@@ -59,9 +59,9 @@ class PipelineConfig(Strict):
 
     top_k: int = pydantic.Field(3, ge=1)  # trials re-evaluated on the held-out split (the winner among them)
     mtbench_sources: bool = True  # also run MT-Bench on the source models (base + candidates)
-    # also run MT-Bench on the hand recipes (`recipes:`, else the seed recipe), merged in memory: the merge must
-    # beat them on the final measure too
-    mtbench_recipes: bool = True
+    mtbench_recipes: bool = pydantic.Field(True, description=(
+        "also run MT-Bench on the hand recipes (`recipes:`, else the seed recipe), merged in memory: the merge must "
+        "beat them on the final measure too"))
 
 
 class RunConfig(Strict):

@@ -212,6 +212,8 @@ def _verdict_section(run: RunDir, winner: int | None) -> list[str]:
              "merge (the final measure)._", ""]
     if ship:
         run.ship_json.write_text(json.dumps(ship.to_json(), indent=1) + "\n", encoding="utf-8")
+    else:
+        run.ship_json.unlink(missing_ok=True)  # an earlier decision no longer holds
     lines += [f"- {v.line}" for v in stage_verdicts(run, winner)]
     return lines + [""]
 

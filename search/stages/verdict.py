@@ -187,13 +187,15 @@ def ship_decision(run: RunDir) -> ShipDecision | None:
     best_other = max(others.items(), key=lambda kv: kv[1]) if others else None
     made_from = {"mtbench": str(run.mtbench), "best_yaml": str(run.best_yaml) if run.best_yaml.is_file() else None,
                  "dpo_model": str(run.dpo.model) if MERGE_DPO in ours else None}
-    beats_sources = all(ours[pick] > v for v in chat.of("source").values())
+    rated_sources = chat.of("source")
+    beats_sources = bool(rated_sources) and all(ours[pick] > v for v in rated_sources.values())
     if best_other is None or ours[pick] > best_other[1]:
         why = (f"{pick} has the highest {what} ({ours[pick]:.2f})" +
-               (f", above every source model and hand recipe (best: {best_other[0]} {best_other[1]:.2f})"
-                if best_other else " (no source model was rated: pipeline.mtbench_sources is off)"))
-        return ShipDecision(pick, pick, ours[pick], scores, what, best_other is not None and beats_sources, why,
-                            made_from)
+               (f", above every rated source model and hand recipe (best: {best_other[0]} {best_other[1]:.2f})"
+                if best_other else "") +
+               ("" if rated_sources else " (no source model was rated: pipeline.mtbench_sources is off, so whether "
+                "it beats them is unknown)"))
+        return ShipDecision(pick, pick, ours[pick], scores, what, beats_sources, why, made_from)
     name, v = best_other
     kind = chat.kinds[name]
     why = (f"neither the merge ({ours[MERGE]:.2f})" + (f" nor merge+dpo ({ours[MERGE_DPO]:.2f})" if MERGE_DPO in ours
