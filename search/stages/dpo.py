@@ -5,15 +5,20 @@ Recipe-shaped, one function per step::
     run_dpo(cfg, base, out)
       load_base   -> model + tokenizer (4-bit NF4 QLoRA base on CUDA, unquantized base on CPU)
       load_data   -> train / held-out pairs (bad rows reported, skipped or fatal)
-      evaluate    -> held-out preference accuracy before training
+      evaluate    -> held-out preference accuracy, margin and chosen answers' log-likelihood before training
       train       -> trl DPOTrainer with a peft LoraConfig (the reference is the base with the adapter disabled);
+                     the loss is regularised by default ([sigmoid, sft]: DPO + the chosen answers' NLL), the
+                     held-out pairs are evaluated every dpo.train.eval_steps and the best checkpoint is kept;
                      the embedding rows of the added tokens the chat template writes (ChatML added by a
                      fine-tune) train too, peft trainable_token_indices (dpo.lora.trainable_tokens)
-      evaluate    -> held-out preference accuracy after training + DPO implicit-reward accuracy on train pairs
+      check       -> NaN/inf losses, rewards or trained weights: the stage fails (UserError), nothing is saved
+      evaluate    -> the held-out scores after training + DPO implicit-reward accuracy on train pairs; chosen
+                     answers that became less likely: the "likelihood displacement" warning (metrics warnings)
       save        -> adapter/, model/ (merged full model + tokenizer with its template), metrics.json, loss.png, config.yaml
 
 Defaults are the seed's LLaMA-Factory run: QLoRA 4-bit NF4 double-quant bf16 compute, LoRA on q_proj,v_proj,
-lr 5e-6, cosine, warmup 0.1, 3 epochs, batch 8 x grad-accum 4, ChatML, beta 0.1.
+lr 5e-6, cosine, warmup 0.1, 3 epochs, batch 8 x grad-accum 4, ChatML, beta 0.1; the loss regularised and the
+best held-out checkpoint kept (docs/dpo.md; the seed's plain DPO: dpo.train.loss_type [sigmoid]).
 
 The trl + peft side (runtime, quantized base, trainer, outputs) is :mod:`search.stages.dpo_train`.
 """
@@ -21,6 +26,7 @@ The trl + peft side (runtime, quantized base, trainer, outputs) is :mod:`search.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,7 @@ import yaml
 from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
 from objectives.objective import cpu_threads
-from objectives.preference import preference_scores
+from objectives.preference import encode_pair, sequence_logps
 from objectives.schema import load_yaml, validate
 from search.config import RunConfig, load_run_config
 from search.merge import remerge
@@ -41,15 +47,18 @@ from search.stages import prefdata
 from search.stages.base import StageContext
 from search.stages.chat_templates import merge_template
 from search.dpo_config import DPOStageConfig
-from search.stages.dpo_train import load_base, log, resolve_runtime, save_outputs, train, train_metrics
+from search.stages.dpo_train import best_step, load_base, log, resolve_runtime, save_outputs, train, train_metrics
 from search.stages.plots import plot_loss
 
 __all__ = [
     "NAME",
+    "PER_PAIR",
     "SCORING_THREADS",
     "SECTIONS",
     "PrefData",
     "data_problems",
+    "displacement_warning",
+    "divergence",
     "heldout_scores",
     "load_data",
     "finished_problems",
@@ -197,19 +206,100 @@ def load_data(cfg: DPOStageConfig, tokenizer) -> PrefData:
                     report={"train": train_rep, "heldout": held_rep, "n_train": len(train), "n_heldout": len(heldout)})
 
 
+PER_PAIR = "chosen_logp_per_pair"  # the key of heldout_scores' per-pair list (not written to metrics.json)
+LESS_LIKELY = math.log(1 / 0.9)  # a chosen answer "became less likely": it lost more than 10% of its probability
+
+
 def heldout_scores(cfg: DPOStageConfig, model, tokenizer, data: PrefData, desc: str, *,
-                   threads: int | None = SCORING_THREADS) -> dict:
-    """Held-out preference accuracy and mean log-likelihood margin of ``model`` (scored on CPU at ``threads``
-    torch threads)."""
-    return preference_scores(model, tokenizer, data.heldout, batch_size=cfg.train.eval_batch_size,
-                             max_length=cfg.train.max_length, desc=desc, threads=threads)
+                   threads: int | None = SCORING_THREADS, before: dict | None = None) -> dict:
+    """``model`` on every held-out pair (on CPU at ``threads`` torch threads), in one pass:
+
+    - ``pref_accuracy``, ``reward_margin``, ``n``: as :func:`objectives.preference.preference_scores` (share of
+      pairs whose chosen answer has the higher summed log-likelihood; mean difference in nats);
+    - ``chosen_logp``: mean log-likelihood of a chosen answer (nats per answer, summed over its tokens);
+    - ``chosen_logp_per_token``: log-likelihood of all chosen answers' tokens / their number (nats per token:
+      what the ``sft`` loss term minimises the negative of); ``rejected_logp``: as ``chosen_logp``;
+    - with ``before`` (these scores before training): ``chosen_less_likely``, the share of pairs whose chosen
+      answer became less likely than before (lost more than 10% of its probability: :data:`LESS_LIKELY`);
+    - :data:`PER_PAIR`: each pair's chosen log-likelihood (for ``before``; not a metric).
+    """
+    seqs: list[tuple[list[int], int]] = []
+    for pair in data.heldout:
+        ids_c, start_c, ids_r, start_r = encode_pair(tokenizer, pair, cfg.train.max_length)
+        seqs += [(ids_c, start_c), (ids_r, start_r)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    with cpu_threads(threads, next(model.parameters()).device):
+        logps = sequence_logps(model, seqs, batch_size=2 * cfg.train.eval_batch_size, pad_id=pad, desc=desc)
+    chosen, rejected = logps[0::2], logps[1::2]
+    diffs = [c - r for c, r in zip(chosen, rejected)]
+    tokens = sum(len(ids) - max(start, 1) for ids, start in seqs[0::2])  # the scored tokens ids[start:] (not ids[0])
+    n = len(diffs)
+    out = {"pref_accuracy": sum(d > 0 for d in diffs) / n, "reward_margin": sum(diffs) / n, "n": n,
+           "chosen_logp": sum(chosen) / n, "chosen_logp_per_token": sum(chosen) / max(tokens, 1),
+           "rejected_logp": sum(rejected) / n}
+    if before is not None:
+        out["chosen_less_likely"] = sum(a < b - LESS_LIKELY for a, b in zip(chosen, before[PER_PAIR])) / n
+    return out | {PER_PAIR: chosen}
+
+
+def displacement_warning(before: dict, after: dict, share: float) -> str | None:
+    """The one-line "likelihood displacement" warning when training made the held-out chosen answers less
+    likely: their log-likelihood per token fell, or more than ``share`` of them lost more than 10% of their
+    probability (a few answers that gain a lot can hide many that lose); None when neither."""
+    b, a = before["chosen_logp_per_token"], after["chosen_logp_per_token"]
+    fell = after["chosen_less_likely"]
+    if not (a < b or fell > share):
+        return None
+    return (f"likelihood displacement: {fell:.0%} of the held-out chosen answers lost more than 10% of their "
+            f"probability (warned above {share:.0%}: dpo.displacement_share) and their log-likelihood went {b:.3f} "
+            f"-> {a:.3f} nats/token, while preference accuracy went {before['pref_accuracy']:.3f} -> "
+            f"{after['pref_accuracy']:.3f}: DPO widened the margin by making good answers less likely too, which "
+            "degrades generated answers; add sft to "
+            "dpo.train.loss_type (or raise its weight in dpo.train.loss_weights), or lower dpo.train.learning_rate "
+            "or dpo.train.max_steps")
+
+
+# log-history keys (also with an ``eval_`` prefix) that must stay finite: the losses and the implicit rewards
+_WATCHED = ("loss", "train_loss", "rewards/", "logps/")
+
+
+def divergence(history: list[dict], model=None, scores: dict | None = None) -> str | None:
+    """What shows that training diverged, or None: the first NaN/inf loss or reward in the trainer's log
+    history, non-finite trained (adapter) weights of ``model``, a non-finite value in ``scores``
+    (``{what: number}``)."""
+    for entry in history:
+        for key, value in entry.items():
+            name = key.removeprefix("eval_")
+            if isinstance(value, float) and not math.isfinite(value) and name.startswith(_WATCHED):
+                return f"{key} is {value} at step {entry.get('step', '?')}"
+    if model is not None:
+        import torch
+
+        bad = [n for n, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+        if bad:
+            return f"{len(bad)} trained weight tensor(s) hold NaN/inf (e.g. {bad[0]})"
+    for key, value in (scores or {}).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key} is {value}"
+    return None
+
+
+def _fail_diverged(cause: str, cfg: DPOStageConfig, out: DPOOutputs) -> None:
+    lr = cfg.train.learning_rate
+    raise UserError(f"dpo: training diverged ({cause}): lower dpo.train.learning_rate (now {lr:g}, try "
+                    f"{lr / 10:g}) or raise dpo.train.warmup_ratio, then run the stage again (no model or metrics "
+                    f"were written to {str(out.root)!r})")
 
 
 def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
             threads: int | None = SCORING_THREADS) -> dict:
     """The whole stage; returns ``metrics.json``'s content. ``base`` is a saved HF model folder; ``out`` gets
-    the :class:`~search.rundir.DPOOutputs` layout. On CPU the preference scoring runs at ``threads`` torch
-    threads (None: torch's default); training keeps torch's default."""
+    the :class:`~search.rundir.DPOOutputs` layout. On CPU the held-out scoring runs at ``threads`` torch
+    threads (None: torch's default); training keeps torch's default.
+
+    A diverged run (NaN/inf losses, rewards, trained weights or held-out scores) is a :class:`UserError` and
+    writes no model and no ``metrics.json``; held-out chosen answers that became less likely are a
+    "likelihood displacement" warning, logged and listed in ``metrics.json``'s ``warnings``."""
     base, files = Path(base), DPOOutputs(Path(out))
     _raise(finished_problems(files))
     rt = resolve_runtime(cfg)
@@ -219,21 +309,38 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     before = heldout_scores(cfg, model, tokenizer, data, "held-out before", threads=threads)
     files.root.mkdir(parents=True, exist_ok=True)
     trainer = train(cfg, model, tokenizer, data, rt, files)
-    after = heldout_scores(cfg, trainer.model, tokenizer, data, "held-out after", threads=threads)
+    history = list(trainer.state.log_history)
+    _write_json(files.log_history, history)  # kept for a diverged run too: where it went wrong
+    cause = divergence(history, trainer.model)
+    if cause:
+        _fail_diverged(cause, cfg, files)
+    after = heldout_scores(cfg, trainer.model, tokenizer, data, "held-out after", threads=threads, before=before)
+    before, after = ({k: v for k, v in d.items() if k != PER_PAIR} for d in (before, after))
     with cpu_threads(threads, rt.device):
         train_scores = train_metrics(trainer, data, cfg)
-    metrics = {"heldout_before": before, "heldout_after": after, "train": train_scores}
+    train_scores["best_step"] = best_step(trainer)
+    train_scores["best_checkpoint"] = cfg.train.best_checkpoint
+    scores = {**{f"held-out {k} after training": v for k, v in after.items()},
+              **{f"train {k}": v for k, v in train_scores.items()}}
+    cause = divergence(trainer.state.log_history, scores=scores)
+    if cause:
+        _fail_diverged(cause, cfg, files)
+    warnings = [w for w in [displacement_warning(before, after, cfg.displacement_share)] if w]
+    for warning in warnings:
+        log(f"WARNING: {warning}")
+    metrics = {"heldout_before": before, "heldout_after": after, "train": train_scores, "warnings": warnings}
     history = list(trainer.state.log_history)
     save_outputs(cfg, trainer, tokenizer, base, rt, files)
     plot_loss(history, files.loss_png)
-    _write_json(files.metrics, metrics)
     _write_json(files.data_report, data.report)
     _write_json(files.log_history, history)
     resolved = {"dpo": cfg.model_dump(mode="json"), "base": str(base),
                 "runtime": {"device": rt.device, "quantized": rt.quantized, "precision": rt.precision}}
     files.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    log(f"held-out preference accuracy {before['pref_accuracy']:.3f} -> {after['pref_accuracy']:.3f}, train "
-         f"loss {metrics['train']['loss']:.4f}; adapter, model, metrics and loss plot in {files.root}")
+    _write_json(files.metrics, metrics)  # last: its presence marks a finished run
+    log(f"held-out preference accuracy {before['pref_accuracy']:.3f} -> {after['pref_accuracy']:.3f}, chosen "
+        f"answers {before['chosen_logp_per_token']:.3f} -> {after['chosen_logp_per_token']:.3f} nats/token, "
+        f"train loss {metrics['train']['loss']:.4f}; adapter, model, metrics and loss plot in {files.root}")
     return metrics
 
 

@@ -8,6 +8,7 @@ and an unquantized base elsewhere; asking for ``4bit`` without CUDA is an error.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,11 @@ from pathlib import Path
 from objectives.errors import UserError
 from objectives.templates import resolve_chat_template, template_tokens
 from search.rundir import DPOOutputs
-from search.dpo_config import DPOStageConfig, QuantSection
+from search.dpo_config import BEST_METRICS, DPOStageConfig, QuantSection
 
 __all__ = [
     "Runtime",
+    "best_step",
     "load_base",
     "load_model",
     "load_tokenizer",
@@ -117,18 +119,30 @@ def load_base(cfg: DPOStageConfig, base: Path, rt: Runtime):
 
 
 def _dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
+    """trl's ``DPOConfig``: the loss combination (``loss_type`` + ``loss_weights``), and unless
+    ``best_checkpoint`` is ``last`` a held-out evaluation every ``eval_steps`` whose best checkpoint (saved only
+    when it improves) is loaded at the end (``load_best_model_at_end``). NaN/inf losses are logged as they are
+    (``logging_nan_inf_filter`` off) so that a diverged run shows in the log history."""
     from trl import DPOConfig
 
     t = cfg.train
+    if t.best_checkpoint == "last":
+        select = {"eval_strategy": "no", "save_strategy": "no"}
+    else:
+        metric, greater = BEST_METRICS[t.best_checkpoint]
+        select = {"eval_strategy": "steps", "eval_steps": t.eval_steps, "save_strategy": "best",
+                  "load_best_model_at_end": True, "metric_for_best_model": metric, "greater_is_better": greater,
+                  "save_total_limit": 1, "save_only_model": True}
     return DPOConfig(
         output_dir=str(out.trainer), learning_rate=t.learning_rate, lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio, num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         per_device_eval_batch_size=t.eval_batch_size, beta=t.beta, loss_type=list(t.loss_type),
-        max_length=t.max_length, bf16=rt.precision == "bf16", fp16=rt.precision == "fp16",
-        use_cpu=rt.device == "cpu", activation_checkpointing=t.gradient_checkpointing,
-        logging_steps=t.logging_steps, logging_first_step=True, save_strategy="no", report_to="none",
+        loss_weights=t.weights(), max_length=t.max_length, bf16=rt.precision == "bf16",
+        fp16=rt.precision == "fp16", use_cpu=rt.device == "cpu", activation_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps, logging_first_step=True, logging_nan_inf_filter=False, report_to="none",
         seed=t.seed, disable_tqdm=True,  # one bar of our own (StepBar) instead of a dict per logging step
+        **select,
     )
 
 
@@ -147,7 +161,7 @@ def _step_bar():
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
 
-        def onlog(self, args, state, control, logs=None, **kwargs):
+        def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is not None and logs and "loss" in logs:
                 self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}",
                                      reward_acc=f"{float(logs.get('rewards/accuracies', float('nan'))):.2f}")
@@ -191,7 +205,9 @@ def trainable_token_indices(cfg: DPOStageConfig, model, tokenizer) -> list[int] 
 
 
 def train(cfg: DPOStageConfig, model, tokenizer, data, rt: Runtime, out: DPOOutputs):
-    """Run DPO; returns the trainer (its ``model`` is the PEFT model with the trained adapter)."""
+    """Run DPO; returns the trainer (its ``model`` is the PEFT model with the trained adapter: the best
+    checkpoint's by ``dpo.train.best_checkpoint``, evaluated on the first ``dpo.data.heldout_eval_rows``
+    held-out pairs; the checkpoints are removed afterwards, ``save_outputs`` writes what is kept)."""
     from datasets import Dataset
     from peft import LoraConfig, prepare_model_for_kbit_training
     from trl import DPOTrainer
@@ -201,9 +217,11 @@ def train(cfg: DPOStageConfig, model, tokenizer, data, rt: Runtime, out: DPOOutp
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM",
                       trainable_token_indices=trainable_token_indices(cfg, model, tokenizer))
+    evaluate = cfg.train.best_checkpoint != "last"
+    eval_set = Dataset.from_list(data.heldout[:cfg.data.heldout_eval_rows]) if evaluate else None
     try:
         trainer = DPOTrainer(model=model, args=_dpo_args(cfg, rt, out), train_dataset=Dataset.from_list(data.train),
-                             processing_class=tokenizer, peft_config=lora)
+                             eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora)
     except ValueError as err:  # e.g. target modules not in the model, an unknown loss_type
         raise UserError(f"dpo: trainer rejected the config: {str(err).splitlines()[0]}") from None
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -212,7 +230,21 @@ def train(cfg: DPOStageConfig, model, tokenizer, data, rt: Runtime, out: DPOOutp
         trainer.remove_callback(quiet)
     trainer.add_callback(_step_bar())
     trainer.train()
+    if evaluate and trainer.state.best_model_checkpoint:
+        log(f"kept the checkpoint of step {best_step(trainer)} of {trainer.state.global_step} (best held-out "
+            f"{trainer.args.metric_for_best_model} {trainer.state.best_metric:.4g}; dpo.train.best_checkpoint "
+            f"{cfg.train.best_checkpoint})")
+    for checkpoint in Path(out.trainer).glob("checkpoint-*"):
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return trainer
+
+
+def best_step(trainer) -> int:
+    """The optimizer step whose weights the trainer holds: the best checkpoint's, else the last."""
+    best = trainer.state.best_model_checkpoint
+    if best and trainer.args.load_best_model_at_end:
+        return int(Path(best).name.rsplit("-", 1)[-1])
+    return trainer.state.global_step
 
 
 def train_metrics(trainer, data, cfg: DPOStageConfig) -> dict:
