@@ -11,6 +11,7 @@ For each seed, ``merge-search run`` on the config with only ``seed:`` changed (r
 
     .venv/bin/python bench/endtoend_bench.py                         # configs/demo.yaml, seeds 0 1 2
     .venv/bin/python bench/endtoend_bench.py --config configs/seedlike.yaml --seeds 0
+    .venv/bin/python bench/endtoend_bench.py --from dpo                # after changing the DPO settings
 
 Target (issue 25): the winner above every source and the hand recipe on all three measures, and merge+DPO >=
 merge on the chat evaluation, in every seed. Needs the config's world built first (see the config's header).
@@ -34,8 +35,9 @@ from search.stages.heldout_report import HeldoutReport  # noqa: E402
 from search.stages.verdict import MERGE, MERGE_DPO, chat_scores, ship_decision  # noqa: E402
 
 
-def _run(config: Path, seed: int, out: Path) -> None:
-    """Run the pipeline for ``seed`` into ``out`` (resumed/skipped when done)."""
+def _run(config: Path, seed: int, out: Path, from_stage: str | None = None) -> None:
+    """Run the pipeline for ``seed`` into ``out`` (resumed/skipped when done; ``from_stage``: re-run from there,
+    e.g. ``dpo`` after changing the DPO settings)."""
     data = yaml.safe_load(config.read_text(encoding="utf-8"))
     data["seed"] = seed
     data["name"] = f"{data.get('name', config.stem)}-seed{seed}"
@@ -43,7 +45,8 @@ def _run(config: Path, seed: int, out: Path) -> None:
     cfg.parent.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     cli = Path(sys.executable).parent / "merge-search"  # the console script beside this interpreter
-    subprocess.run([str(cli), "run", str(cfg), "--out", str(out)], cwd=ROOT, check=True)
+    subprocess.run([str(cli), "run", str(cfg), "--out", str(out), *(["--from", from_stage] if from_stage else [])],
+                   cwd=ROOT, check=True)
 
 
 def _seconds(run: RunDir) -> float:
@@ -119,11 +122,12 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-endtoend")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON")
+    ap.add_argument("--from", dest="from_stage", help="re-run every seed's run from this stage (e.g. dpo)")
     args = ap.parse_args()
     rows = []
     for seed in args.seeds:
         out = args.out / f"{args.config.stem}-seed{seed}"
-        _run(args.config.resolve(), seed, out)
+        _run(args.config.resolve(), seed, out, args.from_stage)
         rows.append(_row(RunDir(out), seed))
         print(table(rows[-1:]), flush=True)
     print(f"\n{args.config.name}, seeds {args.seeds}:\n")
