@@ -1,9 +1,12 @@
-"""End to end on the demo world: DPO raises held-out preference accuracy, LoRA weights change, the merged
-model loads and chats. One run of ``merge-search dpo`` (a few steps at a demo learning rate) shared by all."""
+"""End to end on the demo world: the demo's DPO settings (configs/dpo-demo.yaml, the regularised default loss)
+on a merge of the world's experts raise held-out preference accuracy and the chosen answers' likelihood without
+the likelihood-displacement warning, keep the best held-out checkpoint, change the LoRA weights, and the merged
+model loads and chats. One run of ``merge-search dpo --recipe`` shared by all."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,39 +17,65 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from objectives.preference import preference_scores
 from search.cli import main
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def hand_recipe(world) -> dict:
+    """configs/recipes/demo-hand.yaml (the seed recipe's shape) on ``world``'s models."""
+    return {"models": [{"model": str(world.base)}] + [
+                {"model": str(world.experts[s]), "parameters": {"density": 0.6, "weight": w}}
+                for s, w in (("zahlen", 0.3), ("artikel", 0.3), ("verben", 0.4))],
+            "merge_method": "dare_ties", "base_model": str(world.base), "parameters": {"int8_mask": True},
+            "dtype": "float32"}
+
 
 @pytest.fixture(scope="module")
 def run(world, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dpo")
-    cfg = {"dpo": {
-        "data": {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"]),
-                 "train_eval_rows": 32},
-        "train": {"learning_rate": 5e-3, "max_steps": 12, "batch_size": 8, "grad_accum": 1, "max_length": 256,
-                  "gradient_checkpointing": False, "logging_steps": 1, "eval_batch_size": 32},
-    }}
-    (tmp / "dpo.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    demo = yaml.safe_load((REPO / "configs" / "dpo-demo.yaml").read_text(encoding="utf-8"))["dpo"]
+    assert "loss_type" not in demo["train"]  # the demo trains with the default loss
+    demo = {k: v for k, v in demo.items() if k not in ("model", "output_dir")}
+    demo["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"]),
+                    "train_eval_rows": 32}
+    (tmp / "dpo.yaml").write_text(yaml.safe_dump({"dpo": demo}), encoding="utf-8")
+    (tmp / "hand.yaml").write_text(yaml.safe_dump(hand_recipe(world), sort_keys=False), encoding="utf-8")
     out = tmp / "out"
-    assert main(["dpo", str(tmp / "dpo.yaml"), "--model", str(world.base), "--out", str(out)]) == 0
+    assert main(["dpo", str(tmp / "dpo.yaml"), "--recipe", str(tmp / "hand.yaml"), "--seed", "0",
+                 "--out", str(out)]) == 0
     return out
 
 
 def test_heldout_preference_accuracy_improves(run, capsys):
     m = json.loads((run / "metrics.json").read_text())
-    assert set(m) == {"heldout_before", "heldout_after", "train"}
-    for key in ("heldout_before", "heldout_after"):
-        assert set(m[key]) == {"pref_accuracy", "reward_margin", "n"} and m[key]["n"] == 100
+    assert set(m) == {"heldout_before", "heldout_after", "train", "warnings"}
+    scores = {"pref_accuracy", "reward_margin", "n", "chosen_logp", "chosen_logp_per_token", "rejected_logp"}
+    assert set(m["heldout_before"]) == scores and set(m["heldout_after"]) == scores | {"chosen_less_likely"}
+    assert m["heldout_before"]["n"] == m["heldout_after"]["n"] == 100
     before, after = m["heldout_before"], m["heldout_after"]
     print(f"held-out pref accuracy {before['pref_accuracy']} -> {after['pref_accuracy']}, "
-          f"margin {before['reward_margin']:.1f} -> {after['reward_margin']:.1f}")
+          f"margin {before['reward_margin']:.1f} -> {after['reward_margin']:.1f}, chosen answers "
+          f"{before['chosen_logp_per_token']:.3f} -> {after['chosen_logp_per_token']:.3f} nats/token, "
+          f"{after['chosen_less_likely']:.0%} of them less likely")
     assert after["pref_accuracy"] > before["pref_accuracy"]
     assert after["reward_margin"] > before["reward_margin"]
-    assert m["train"]["steps"] == 12 and m["train"]["reward_accuracy"] > 0.5
+    # the regularised default ([sigmoid, sft]) raised the chosen answers' likelihood: no displacement warning
+    assert after["chosen_logp_per_token"] > before["chosen_logp_per_token"] and after["chosen_less_likely"] <= 0.25
+    assert m["warnings"] == []
+    steps = m["train"]["steps"]
+    assert steps == yaml.safe_load((run / "config.yaml").read_text())["dpo"]["train"]["max_steps"]
+    assert m["train"]["reward_accuracy"] > 0.5
+    assert m["train"]["best_checkpoint"] == "loss" and 1 <= m["train"]["best_step"] <= steps
+    every = int(yaml.safe_load((run / "config.yaml").read_text())["dpo"]["train"]["eval_steps"])
+    evals = [h["step"] for h in json.loads((run / "log_history.json").read_text()) if "eval_loss" in h]
+    # the held-out evaluations the best checkpoint was picked from, then the implicit-reward one on train pairs
+    assert evals == [*range(every, steps + 1, every), steps]
+    assert not list((run / "trainer").glob("checkpoint-*"))  # the checkpoints are removed once one is kept
     assert (run / "loss.png").stat().st_size > 1000
     assert yaml.safe_load((run / "config.yaml").read_text())["runtime"] == \
         {"device": "cpu", "quantized": False, "precision": "fp32"}
 
 
-def test_lora_weights_change(run, world):
+def test_lora_weights_change(run):
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
     cfg = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
@@ -54,7 +83,7 @@ def test_lora_weights_change(run, world):
     assert lora_b and all(t.abs().max() > 0 for t in lora_b)  # lora_B starts at zero: only gradients move it
     # the demo tokenizer's ChatML tokens belong to its own vocabulary (trained from the start): no extra rows
     assert cfg["trainable_token_indices"] is None
-    base = load_file(world.base / "model.safetensors")
+    base = load_file(run / "base" / "model.safetensors")  # the re-merged recipe DPO started from
     merged = load_file(run / "model" / "model.safetensors")
     for name in base:
         changed = not torch.equal(base[name], merged[name])
