@@ -21,6 +21,7 @@ from search.dpo_config import BEST_METRICS, DPOStageConfig, QuantSection
 __all__ = [
     "Runtime",
     "best_step",
+    "dpo_args",
     "load_base",
     "load_model",
     "load_tokenizer",
@@ -118,7 +119,7 @@ def load_base(cfg: DPOStageConfig, base: Path, rt: Runtime):
     return load_model(base, rt, cfg.quant), tokenizer
 
 
-def _dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
+def dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
     """trl's ``DPOConfig``: the loss combination (``loss_type`` + ``loss_weights``), and unless
     ``best_checkpoint`` is ``last`` a held-out evaluation every ``eval_steps`` whose best checkpoint (saved only
     when it improves) is loaded at the end (``load_best_model_at_end``). NaN/inf losses are logged as they are
@@ -220,7 +221,7 @@ def train(cfg: DPOStageConfig, model, tokenizer, data, rt: Runtime, out: DPOOutp
     evaluate = cfg.train.best_checkpoint != "last"
     eval_set = Dataset.from_list(data.heldout[:cfg.data.heldout_eval_rows]) if evaluate else None
     try:
-        trainer = DPOTrainer(model=model, args=_dpo_args(cfg, rt, out), train_dataset=Dataset.from_list(data.train),
+        trainer = DPOTrainer(model=model, args=dpo_args(cfg, rt, out), train_dataset=Dataset.from_list(data.train),
                              eval_dataset=eval_set, processing_class=tokenizer, peft_config=lora)
     except ValueError as err:  # e.g. target modules not in the model, an unknown loss_type
         raise UserError(f"dpo: trainer rejected the config: {str(err).splitlines()[0]}") from None

@@ -13,7 +13,7 @@ from objectives.schema import validate
 from search.dpo_config import DPOStageConfig
 from search.rundir import DPOOutputs
 from search.stages.dpo import displacement_warning, divergence, load_dpo_config
-from search.stages.dpo_train import Runtime, _dpo_args
+from search.stages.dpo_train import Runtime, dpo_args
 
 CPU = Runtime(device="cpu", quantized=False, precision="fp32")
 
@@ -54,16 +54,16 @@ def test_loss_settings_are_validated_all_at_once():
 
 def test_trainer_keeps_the_best_heldout_checkpoint(tmp_path):
     out = DPOOutputs(tmp_path / "out")
-    args = _dpo_args(DPOStageConfig(), CPU, out)
+    args = dpo_args(DPOStageConfig(), CPU, out)
     assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 1.0]
     assert args.load_best_model_at_end and args.metric_for_best_model == "eval_loss"
     assert args.greater_is_better is False and args.eval_strategy == "steps" and args.eval_steps == 0.1
     assert args.logging_nan_inf_filter is False  # a NaN loss shows in the log history
-    chosen = _dpo_args(validate(DPOStageConfig, {"train": {"best_checkpoint": "chosen_logps", "eval_steps": 5}},
+    chosen = dpo_args(validate(DPOStageConfig, {"train": {"best_checkpoint": "chosen_logps", "eval_steps": 5}},
                                 "t"), CPU, out)
     assert chosen.metric_for_best_model == "eval_logps/chosen" and chosen.greater_is_better is True
     assert chosen.eval_steps == 5
-    last = _dpo_args(validate(DPOStageConfig, {"train": {"best_checkpoint": "last", "loss_type": ["sigmoid"]}},
+    last = dpo_args(validate(DPOStageConfig, {"train": {"best_checkpoint": "last", "loss_type": ["sigmoid"]}},
                               "t"), CPU, out)
     assert not last.load_best_model_at_end and last.eval_strategy == "no" and last.save_strategy == "no"
     assert last.loss_type == ["sigmoid"] and last.loss_weights == [1.0]
