@@ -97,10 +97,11 @@ def save_random_model(folder: Path, tok, shape: str, device: str) -> str:
 
 def dpo_config(train: Path, heldout: Path, device: str, quick: bool, steps: int):
     """The project's ``dpo:`` section: its defaults (QLoRA NF4 on CUDA, LoRA q/v, batch 8 x grad-accum 4),
-    ``steps`` optimizer steps; --quick: batch 2 x 1."""
+    ``steps`` optimizer steps, no held-out evaluation during training (``best_checkpoint: last``: the timed
+    steps are training steps only); --quick: batch 2 x 1."""
     from search.dpo_config import DPOStageConfig
 
-    t = {"max_steps": steps, "logging_steps": 1}
+    t = {"max_steps": steps, "logging_steps": 1, "best_checkpoint": "last"}
     if quick:
         t.update(batch_size=2, grad_accum=1, gradient_checkpointing=False)
     return DPOStageConfig.model_validate({"device": "cuda" if device.startswith("cuda") else "cpu",

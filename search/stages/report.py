@@ -148,12 +148,21 @@ def _dpo_section(run: RunDir, plots: Path) -> list[str]:
     if metrics is None:
         return ["_DPO has not run yet._"]
     b, a = metrics["heldout_before"], metrics["heldout_after"]
-    lines = _stage_line(run, "dpo") + ["| held-out pairs | preference accuracy | mean log-likelihood margin |", "|---|---:|---:|",
-             f"| before DPO (n={b['n']}) | {b['pref_accuracy']:.3f} | {b['reward_margin']:.2f} |",
-             f"| after DPO (n={a['n']}) | {a['pref_accuracy']:.3f} | {a['reward_margin']:.2f} |", ""]
+    lines = _stage_line(run, "dpo") + [
+        "| held-out pairs | preference accuracy | mean log-likelihood margin | chosen answers' log-likelihood "
+        "(nats/token) |", "|---|---:|---:|---:|"]
+    for label, m in (("before DPO", b), ("after DPO", a)):
+        per_token = m.get("chosen_logp_per_token")
+        lines.append(f"| {label} (n={m['n']}) | {m['pref_accuracy']:.3f} | {m['reward_margin']:.2f} | "
+                     f"{'-' if per_token is None else f'{per_token:.3f}'} |")
     verdict = "above" if a["pref_accuracy"] > b["pref_accuracy"] else "NOT above"
-    lines.append(f"Held-out preference accuracy after DPO is **{verdict}** before DPO "
-                 f"({a['pref_accuracy']:.3f} vs {b['pref_accuracy']:.3f}).")
+    lines += ["", f"Held-out preference accuracy after DPO is **{verdict}** before DPO "
+                  f"({a['pref_accuracy']:.3f} vs {b['pref_accuracy']:.3f})."]
+    lines += [f"- **Warning:** {w}" for w in metrics.get("warnings", [])]
+    train = metrics.get("train", {})
+    if train.get("best_step") is not None:
+        lines.append(f"- Kept checkpoint: step {train['best_step']} of {train.get('steps')} "
+                     f"(dpo.train.best_checkpoint {train.get('best_checkpoint')}).")
     loss = run.dpo.loss_png
     if loss.is_file():
         shutil.copyfile(loss, plots / "dpo_loss.png")
