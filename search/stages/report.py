@@ -211,7 +211,8 @@ def headline(run: str | Path) -> str:
 
 
 def _ship_line(ship: ShipDecision) -> str:
-    return f"Model to ship: **{ship.model}** ({ship.kind}, {ship.measure} {ship.score:.2f}): {ship.reason}."
+    kind = "" if ship.kind == ship.model else f", a {'source model' if ship.kind == 'source' else 'hand recipe'}"
+    return f"Model to ship: **{ship.model}**{kind} ({ship.measure} {ship.score:.2f}): {ship.reason}."
 
 
 def _verdict_section(run: RunDir, winner: int | None) -> list[str]:

@@ -190,7 +190,7 @@ def ship_decision(run: RunDir) -> ShipDecision | None:
     rated_sources = chat.of("source")
     beats_sources = bool(rated_sources) and all(ours[pick] > v for v in rated_sources.values())
     if best_other is None or ours[pick] > best_other[1]:
-        why = (f"{pick} has the highest {what} ({ours[pick]:.2f})" +
+        why = ("the best rated model" +
                (f", above every rated source model and hand recipe (best: {best_other[0]} {best_other[1]:.2f})"
                 if best_other else "") +
                ("" if rated_sources else " (no source model was rated: pipeline.mtbench_sources is off, so whether "
@@ -200,6 +200,5 @@ def ship_decision(run: RunDir) -> ShipDecision | None:
     kind = chat.kinds[name]
     why = (f"neither the merge ({ours[MERGE]:.2f})" + (f" nor merge+dpo ({ours[MERGE_DPO]:.2f})" if MERGE_DPO in ours
                                                       else "") +
-           f" beats the {'source model' if kind == 'source' else 'hand recipe'} {name} ({v:.2f}) on the {what}: "
-           f"this run did not reach its goal; ship {name}")
+           f" beats this {'source model' if kind == 'source' else 'hand recipe'}: this run did not reach its goal")
     return ShipDecision(name, kind, v, scores, what, False, why, made_from)

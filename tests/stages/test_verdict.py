@@ -42,7 +42,7 @@ def test_a_merge_below_a_source_on_the_final_measure_is_not_shipped(run):
     _scores(run, "verben", 6.14)
     ship = ship_decision(run)
     assert (ship.model, ship.kind, ship.goal_met) == ("verben", "source", False)
-    assert "did not reach its goal" in ship.reason
+    assert "did not reach its goal" in ship.reason and "Model to ship: verben, a source model" in headline(run.root)
     lines = {v.stage: v for v in stage_verdicts(run, winner=3)}
     # the log-likelihood win and the generation loss are told apart; worse stages say so first
     assert lines["held-out log-likelihood"].worse is False
