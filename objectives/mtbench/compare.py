@@ -55,6 +55,11 @@ def comparison_table(all_scores: list[dict], names: list[str], baseline: int = 0
                 cells.append(_delta(_value(s, row), base))
         rows.append(cells)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    counts = {n: (s.get("counts") or {}).get("first_turn") for n, s in zip(names, all_scores)}
+    if len(set(counts.values())) > 1:
+        told = ", ".join(f"{n} {c if c is not None else '?'}" for n, c in counts.items())
+        lines.append(f"\n**The models were rated on different numbers of questions ({told}): their averages and "
+                     "deltas are not comparable; rate them on the same question file.**")
     if any(s.get("label") == STANDIN_LABEL for s in all_scores):
         lines.append(f"\n*{STANDIN_LABEL}.*")
     return "\n".join(lines) + "\n"

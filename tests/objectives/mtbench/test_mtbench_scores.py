@@ -58,3 +58,16 @@ def test_rescore_missing_file_is_one_line_error(tmp_path, capsys):
     assert main(["mtbench", "rescore", str(tmp_path / "nope.json"), "--questions", str(tmp_path / "q.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("merge-search: error:") and err.count("\n") == 1
+
+
+def test_comparison_says_when_the_question_sets_differ():
+    from objectives.mtbench.compare import comparison_table
+
+    def scores(n, avg):
+        return {"categories": {"writing": avg}, "first_turn": avg, "second_turn": avg, "average": avg,
+                "counts": {"first_turn": n, "second_turn": n}}
+
+    same = comparison_table([scores(80, 6.0), scores(80, 6.5)], ["a", "b"])
+    assert "different numbers of questions" not in same
+    mixed = comparison_table([scores(6, 6.0), scores(28, 6.5)], ["a", "b"])
+    assert "different numbers of questions (a 6, b 28)" in mixed and "not comparable" in mixed
