@@ -48,6 +48,7 @@ from search.stages.base import StageContext
 from search.stages.chat_templates import merge_template
 from search.dpo_config import DPOStageConfig
 from search.stages.dpo_train import best_step, load_base, log, resolve_runtime, save_outputs, train, train_metrics
+from search.stages.generation_check import generation_scores, generation_warning
 from search.stages.plots import plot_loss
 
 __all__ = [
@@ -102,12 +103,25 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
 
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:
     """The exported winner re-merged into ``RUN/dpo/base`` (hash-checked), then :func:`run_dpo` into
-    ``RUN/dpo``; an unfinished earlier attempt (no marker) is started afresh. Returns ``metrics.json``."""
+    ``RUN/dpo``, then the objective's generative tasks on their held-out documents before and after
+    (:mod:`search.stages.generation_check`; a fall is a warning) added to ``metrics.json`` as ``generation``; an
+    unfinished earlier attempt (no marker) is started afresh. Returns ``metrics.json``."""
     out = run.dpo
     record = run.best_record()
     shutil.rmtree(out.root, ignore_errors=True)
     merge_base(record, out)
-    return run_dpo(cfg.dpo, out.base, out.root, threads=cfg.objective.threads)
+    metrics = run_dpo(cfg.dpo, out.base, out.root, threads=cfg.objective.threads)
+    generation = generation_scores(cfg, out.base, out.model, log=log)
+    if generation:
+        warning = generation_warning(generation)
+        metrics = {**metrics, "generation": generation,
+                   "warnings": metrics.get("warnings", []) + ([warning] if warning else [])}
+        if warning:
+            log(f"WARNING: {warning}")
+        tmp = out.metrics.with_name(out.metrics.name + ".tmp")
+        _write_json(tmp, metrics)
+        tmp.replace(out.metrics)  # metrics.json marks a finished run: replaced whole, never half written
+    return metrics
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:

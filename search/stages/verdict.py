@@ -139,6 +139,9 @@ def _dpo_verdict(metrics: dict | None, chat: dict[str, float], what: str) -> Sta
     b, a = metrics.get("heldout_before"), metrics.get("heldout_after")
     pref = f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f}" if b and a else \
         "no DPO metrics"
+    gen = metrics.get("generation")
+    if gen:
+        pref += f"; held-out generation {gen['before']['mean']:.3f} -> {gen['after']['mean']:.3f}"
     extra = "".join(f"; {w}" for w in metrics.get("warnings", []))
     if MERGE in chat and MERGE_DPO in chat:
         worse = not chat[MERGE_DPO] >= chat[MERGE]
