@@ -30,5 +30,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
+# A world built by an older builder is refused (its files differ): remove the project's worlds to rebuild them.
+clean-world:
+	rm -rf results/demo-world results/seedlike-world
+
 lint: install
 	$(BIN)/ruff check search objectives demoworld tests bench

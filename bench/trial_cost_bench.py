@@ -73,7 +73,7 @@ def main() -> None:
     base = best["log-likelihood"][0]
     print(f"{args.config}, model {args.model}, torch threads {args.threads}, rungs {cfg.objective.rungs}, "
           f"fastest of {args.repeats}")
-    print(f"| objective | seconds per trial | items | items/s | fitness | x log-likelihood |\n|---|---:|---:|---:|---:|---:|")
+    print("| objective | seconds per trial | items | items/s | fitness | x log-likelihood |\n|---|---:|---:|---:|---:|---:|")
     for name, (s, items, score) in best.items():
         print(f"| {name} | {s:.2f} | {items} | {items / s:.0f} | {score:.3f} | {s / base:.2f} |")
 

@@ -100,7 +100,8 @@ def _check_out(out: Path, seed: int, kind: str = "demo") -> bool:
         if m.get("seed") != seed or m.get("builder_version") != version or have != kind:
             raise UserError(
                 f"world folder {str(out)!r} holds a {have} world built with seed {m.get('seed')} (builder "
-                f"v{m.get('builder_version')}), not a {kind} world of seed {seed} (v{version}): choose another folder"
+                f"v{m.get('builder_version')}), not a {kind} world of seed {seed} (v{version}): choose another folder, "
+                "or delete this one to rebuild it (make clean-world removes the project's worlds)"
             )
         return True
     if out.is_dir() and any(out.iterdir()):
