@@ -29,6 +29,7 @@ def reduced_config(world, tmp_path: Path) -> Path:
     for t in cfg["objective"]["tasks"]:
         t["subset"] = 60
     cfg["objective"]["rungs"] = [30, "all"]
+    cfg["objective"]["chat"].update(questions=str(world.chat_questions), rungs=[4, 8])  # chat in the workers too
     cfg["search"] = {**cfg.get("search", {}), "n_trials": 5, "workers": 1, "n_startup_trials": 3}
     cfg["dpo"] = {**cfg.get("dpo", {}), "data": {"train": str(world.preferences["train"]),
                                                  "heldout": str(world.preferences["test"])}}

@@ -23,6 +23,7 @@ def small_config(world, tmp_path, monkeypatch):
         {"name": "demo_zahlen_search", "test_task": "demo_zahlen_test", "subset": 16, "heldout": 16},
         {"name": "demo_artikel_search", "subset": 16, "heldout": 16}]
     data["objective"]["rungs"] = ["all"]
+    data["objective"].pop("chat")
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
