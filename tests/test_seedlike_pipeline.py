@@ -88,3 +88,17 @@ def test_each_model_answered_in_its_own_template_with_its_end_of_turn(run, model
     answers = [json.loads(line) for line in (run / "mtbench" / model / "answers.jsonl").read_text().splitlines()]
     assert len([t for a in answers for t in a["choices"][0]["turns"]]) == 8
     # that generation really stops there is tests/objectives/mtbench/test_end_of_turn.py
+
+
+def test_the_chat_objective_needs_a_template_for_sources_without_one(seedlike_world, tmp_path):
+    from search.config import load_run_config
+    from search.rundir import RunDir
+    from search.stages import optimize
+
+    cfg = load_run_config(_config(seedlike_world, tmp_path))
+    assert cfg.objective.chat.chat_template == "chatml" and not optimize.problems(cfg, RunDir(tmp_path / "r"))
+    bare = cfg.model_copy(update={"objective": cfg.objective.model_copy(update={
+        "chat": cfg.objective.chat.model_copy(update={"chat_template": None})})})
+    found = [p for p in optimize.problems(bare, RunDir(tmp_path / "r")) if "objective.chat.chat_template" in p]
+    assert len(found) == 1 and str(seedlike_world.base) in found[0] and str(seedlike_world.experts["verben"]) in found[0]
+    assert str(seedlike_world.experts["zahlen"]) not in found[0]  # it has its own template

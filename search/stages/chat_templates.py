@@ -6,7 +6,7 @@ from __future__ import annotations
 from search.merge.sources import has_chat_template
 from search.merge.space import SpaceConfig
 
-__all__ = ["merge_template", "source_templates"]
+__all__ = ["chat_objective_problems", "merge_template", "source_templates"]
 
 
 def source_templates(space: SpaceConfig) -> dict[str, bool | None]:
@@ -27,3 +27,17 @@ def merge_template(space: SpaceConfig, found: dict[str, bool | None] | None = No
     if space.chat_template:
         return True, donor
     return (found[donor] if donor in found else has_chat_template(donor)), donor
+
+
+def chat_objective_problems(objective, space: SpaceConfig) -> list[str]:
+    """The chat objective asks every model it scores in its chat template: the merges of the search and the
+    sources the held-out stage compares. Without ``objective.chat.chat_template`` each of them needs its own."""
+    if objective.chat is None or objective.chat.chat_template not in (None, "model"):
+        return []
+    found = source_templates(space)
+    has, donor = merge_template(space, found)
+    lacking = ([f"the merge (its tokenizer comes from {donor!r})"] if has is False else []) + \
+        [m for m, ok in found.items() if ok is False]
+    return [f"objective.chat.chat_template is not set but these models have no chat template: {', '.join(lacking)} "
+            "(the search asks the merges, the held-out stage the sources too): set objective.chat.chat_template "
+            "(chatml, a Jinja template or a .jinja file; models with their own template keep it)"] if lacking else []

@@ -32,6 +32,7 @@ from search.preflight import local_models, output_problems
 from search.rundir import RunDir
 from search.stages.base import StageContext
 from search.stages.candidates import Candidate, candidates
+from search.stages.chat_templates import chat_objective_problems
 from search.stages.heldout_report import HeldoutReport, ModelScores, fmt_score
 
 __all__ = ["NAME", "SECTIONS", "evaluate", "evaluate_candidates",
@@ -103,7 +104,8 @@ def standalone_problems(cfg: RunConfig, out: str | Path, *, recipes: list[str] |
     problems += output_problems(folder.root, what="output folder", inputs=local_models(cfg.space.model_paths()),
                                 own=own)
     return problems + source_problems(cfg.space.base_model, [m.model for m in cfg.space.models],
-                                      device=cfg.device, vocabulary=cfg.space.vocabulary_source)
+                                      device=cfg.device, vocabulary=cfg.space.vocabulary_source) + \
+        chat_objective_problems(cfg.objective, cfg.space)
 
 
 def evaluate(cfg: RunConfig, out: str | Path, *, recipes: list[str] | None = None,

@@ -31,7 +31,7 @@ from search.merge.sources import is_local, source_problems
 from search.preflight import RESOURCE_KEYS, as_read_back, config_diff, storage_problems
 from search.rundir import RunDir, RunManifest, TrialAttr
 from search.stages.base import StageContext, StageInterrupted
-from search.stages.chat_templates import merge_template
+from search.stages.chat_templates import chat_objective_problems
 from search.stages.selection import item_matrix, matrix_items
 from search.stages.trial_worker import MergeEvalWorker
 
@@ -88,7 +88,8 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
     except UserError as err:
         out.append(str(err))
     if cfg.objective.chat:
-        out += overlap_problems(cfg.objective.chat, cfg.mtbench.questions) + _chat_template_problems(cfg)
+        out += overlap_problems(cfg.objective.chat, cfg.mtbench.questions)
+        out += chat_objective_problems(cfg.objective, cfg.space)
     url = run.storage_url(cfg.search.storage)
     out += storage_problems(url, creating=run.root) or study_owner_problems(cfg, url)
     field, tok = (("space.tokenizer.source", cfg.space.tokenizer.source) if cfg.space.tokenizer
@@ -96,18 +97,6 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
     if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
         out.append(f"{field} {tok!r} is not a folder: give a model folder, 'base' or 'union'")
     return out
-
-
-def _chat_template_problems(cfg: RunConfig) -> list[str]:
-    """The chat objective asks every candidate in its chat template: a merge that will have none needs
-    ``objective.chat.chat_template``."""
-    if cfg.objective.chat.chat_template not in (None, "model"):
-        return []
-    has, donor = merge_template(cfg.space)
-    return [] if has is not False else [
-        f"objective.chat.chat_template is not set but the merge will have no chat template (its tokenizer "
-        f"comes from {donor!r}): set objective.chat.chat_template (chatml, a Jinja "
-        "template or a .jinja file)"]
 
 
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> SearchSummary:
