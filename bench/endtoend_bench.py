@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from search.rundir import RunDir  # noqa: E402
 from search.stages.heldout_report import HeldoutReport  # noqa: E402
-from search.stages.verdict import MERGE, MERGE_DPO, chat_scores, ship_decision  # noqa: E402
+from search.stages.verdict import MERGE, MERGE_DPO, chat_scores, kind_means, ship_decision  # noqa: E402
 
 
 def _run(config: Path, seed: int, out: Path, from_stage: str | None = None) -> None:
@@ -55,27 +55,20 @@ def _seconds(run: RunDir) -> float:
     return sum(json.loads(p.read_text(encoding="utf-8")).get("seconds", 0) for p in run.root.glob("stages/*.json"))
 
 
-def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
-    vals = [scores[t] for t in tasks if t in scores]
-    return sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
-
-
 def _row(run: RunDir, seed: int) -> dict:
     heldout = HeldoutReport.load(run.heldout_json)
     winner = run.best_record().number
     models = heldout.models
     trial = next(m for m in models.values() if m.kind == "trial" and m.trial == winner)
-    kinds = heldout.task_kinds
     row: dict = {"seed": seed, "seconds": round(_seconds(run))}
+    name = next(n for n, m in models.items() if m is trial)
     for kind in ("loglikelihood", "generation"):
-        tasks = [t for t in trial.test if kinds.get(t, "loglikelihood") == kind]
-        if not tasks:
+        means = kind_means(heldout, kind, trial)
+        if name not in means:
             continue
-        src = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "source"}
-        rec = {n: _mean(m.test, tasks) for n, m in models.items() if m.kind == "recipe"}
-        row[kind] = {"winner": _mean(trial.test, tasks),
-                     "best_source": max((v for v in src.values() if v is not None), default=None),
-                     "recipe": max((v for v in rec.values() if v is not None), default=None)}
+        row[kind] = {"winner": means[name],
+                     "best_source": max((v for n, v in means.items() if models[n].kind == "source"), default=None),
+                     "recipe": max((v for n, v in means.items() if models[n].kind == "recipe"), default=None)}
     chat = chat_scores(run)
     row["chat"] = {"winner": chat.scores.get(MERGE), "best_source": max(chat.of("source").values(), default=None),
                    "recipe": max(chat.of("recipe").values(), default=None), "merge_dpo": chat.scores.get(MERGE_DPO)}

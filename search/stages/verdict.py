@@ -21,7 +21,7 @@ from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir
 from search.stages.heldout_report import HeldoutReport, ModelScores
 
-__all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "ship_decision", "stage_verdicts"]
+__all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "kind_means", "ship_decision", "stage_verdicts"]
 
 MERGE, MERGE_DPO = "merge", "merge+dpo"
 
@@ -93,9 +93,12 @@ def _winner(heldout: HeldoutReport, winner: int | None) -> tuple[str, ModelScore
     return next(((n, m) for n, m in heldout.models.items() if m.kind == "trial" and m.trial == winner), None)
 
 
-def _mean(scores: dict[str, float], tasks: list[str]) -> float | None:
-    vals = [scores[t] for t in tasks if t in scores and scores[t] is not None]
-    return sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
+def kind_means(heldout: HeldoutReport, kind: str, tasks_of: ModelScores) -> dict[str, float]:
+    """``{model: mean test score}`` over the test tasks of ``tasks_of`` whose kind (``heldout.task_kinds``, default
+    log-likelihood) is ``kind``; a model missing one of those tasks is left out (empty: no such task)."""
+    tasks = [t for t in tasks_of.test if heldout.task_kinds.get(t, "loglikelihood") == kind]
+    return {n: sum(m.test[t] for t in tasks) / len(tasks) for n, m in heldout.models.items()
+            if tasks and all(m.test.get(t) is not None for t in tasks)}
 
 
 def _compare(stage: str, what: str, mine: float, others: dict[str, float], fmt: str = ".3f") -> StageVerdict:
@@ -116,14 +119,12 @@ def _heldout_verdicts(heldout: HeldoutReport, winner: int | None) -> list[StageV
     if sources:
         out.append(_compare("search", "search-split fitness", best.search_avg,
                             {n: m.search_avg for n, m in sources.items()}))
-        kinds = heldout.task_kinds
         for kind, label in (("loglikelihood", "held-out log-likelihood"), ("generation", "held-out generation")):
-            tasks = [t for t in best.test if kinds.get(t, "loglikelihood") == kind]
-            mine = _mean(best.test, tasks) if tasks else None
-            theirs = {n: _mean(m.test, tasks) for n, m in sources.items()} if tasks else {}
-            theirs = {n: v for n, v in theirs.items() if v is not None}
-            if mine is not None and theirs:
-                out.append(_compare(label, f"mean test score over {len(tasks)} task(s)", mine, theirs))
+            means = kind_means(heldout, kind, best)
+            theirs = {n: v for n, v in means.items() if n in sources}
+            n_tasks = sum(heldout.task_kinds.get(t, "loglikelihood") == kind for t in best.test)
+            if name in means and theirs:
+                out.append(_compare(label, f"mean test score over {n_tasks} task(s)", means[name], theirs))
     recipes = {n: m.test_avg for n, m in heldout.models.items() if m.kind == "recipe" and m.test_avg is not None}
     if recipes and best.test_avg is not None:
         top, v = max(recipes.items(), key=lambda kv: kv[1])
