@@ -29,6 +29,7 @@ from objectives.config import ObjectiveConfig
 from objectives.errors import UserError
 from objectives.mtbench.config import MTBenchConfig
 from objectives.schema import ConfigProblems, Strict, load_yaml, validate
+from search import atomic
 from search.driver.study import SearchConfig, check_sampler
 from search.merge.mergekit_compat import method_parameters
 from search.merge.recipe import params_from_recipe, recipe_dict
@@ -183,5 +184,5 @@ def save_run_config(cfg: RunConfig, path: str | Path) -> Path:
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    atomic.write_text(path, text)
     return path

@@ -2,20 +2,24 @@
 
 Every stage is a module with the same contract (:mod:`search.stages.base`): ``NAME``, ``SECTIONS``,
 ``problems(cfg, run)`` and ``run(cfg, run, ctx)``. :data:`STAGES` is the one table that orders them; the
-completion markers, resume, ``from_stage``/``only`` and the run-folder ownership rules all read it.
+completion markers, resume, ``from_stage``/``only``, lineage and the run-folder ownership rules all read it.
 
-When a stage has finished, its marker ``RUN/stages/<stage>.json`` (seconds taken, finish time) is written;
-running again skips finished stages and resumes an interrupted one (the search resumes from its Optuna
-storage: completed trials are kept, orphaned ones re-queued); ``from_stage`` re-runs that stage and every
-later one, ``only`` just that one. Before anything is created every selected stage's ``problems`` and the
-run-wide checks are made (:func:`check_run`). A run folder belongs to the config that made it
-(``RUN/resolved.yaml``): a config whose first-stage sections differ is refused, one whose later sections
-differ needs ``from_stage``/``only`` at or before the first stage that reads them (:func:`owner_problems`).
+When a stage has finished, its marker ``RUN/stages/<stage>.json`` is written (seconds, finish time, and what
+the result was made from: :mod:`search.lineage`). Running again skips finished stages whose inputs are
+unchanged, redoes *stale* ones (their config sections changed, or an earlier stage's result is another one now)
+with every later stage, and resumes an interrupted one (the search from its Optuna storage); ``from_stage``
+re-runs that stage and every later one, ``only`` just that one. Before anything is created every selected
+stage's ``problems`` and the run-wide checks are made (:func:`check_run`). While it runs the command holds the
+run folder's writer lock (:mod:`search.writelock`): a second writer is refused. Each stage writes beside its
+earlier results and swaps them in when complete (:mod:`search.atomic`); a marker is replaced only then, so a
+failed or killed stage leaves the earlier results and markers as they were. A run folder belongs to the config
+that made it (``RUN/resolved.yaml``): a config whose first-stage sections differ is refused
+(:func:`owner_problems`: another study).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +28,9 @@ from pathlib import Path
 import yaml
 
 from objectives.errors import UserError
+from search import atomic
 from search.config import RunConfig, save_run_config
+from search.lineage import marker_record, stale_stages
 from search.preflight import (
     RESOURCE_KEYS,
     as_read_back,
@@ -38,6 +44,7 @@ from search.preflight import (
 from search.rundir import RunDir
 from search.stages import dpo, export, heldout, mtbench, optimize, report
 from search.stages.base import StageContext, StageInterrupted
+from search.writelock import held_problems, writer_lock
 
 __all__ = ["STAGES", "StageContext", "StageInterrupted", "check_run", "owner_problems", "run_pipeline",
            "stage_names"]
@@ -63,23 +70,20 @@ def _section_stages() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ checks
 
 
-def owner_problems(cfg: RunConfig, run: RunDir, *, redo: str | None = None) -> list[str]:
-    """A run folder made by another config: keys of the first stage's sections (what the study holds) are
-    refused always; keys of a later stage's sections need ``redo`` (the first stage re-run) at or before the
-    first stage that reads them. Keys of how much is run (:data:`~search.preflight.RESOURCE_KEYS`) never count."""
+def owner_problems(cfg: RunConfig, run: RunDir) -> list[str]:
+    """A run folder made by another config whose first stage's sections (what the study holds) differ: refused
+    (another run folder). Keys of a later stage's sections make that stage stale instead (:mod:`search.lineage`);
+    keys of how much is run (:data:`~search.preflight.RESOURCE_KEYS`) never count."""
     if not run.resolved_config.is_file():
         return []
     old = yaml.safe_load(run.resolved_config.read_text(encoding="utf-8"))
     keys = [k for k in config_diff(old, as_read_back(cfg)) if k not in RESOURCE_KEYS]
-    names, owner = stage_names(), _section_stages()
-    first = names[0]
-    where = f"run folder {str(run.root)!r} was made with a different config (see its {run.resolved_config.name})"
+    first = stage_names()[0]
+    owner = _section_stages()
     study_keys = [k for k in keys if owner.get(k.split(".")[0], first) == first]
     if study_keys:
-        return [f"{where}: {_keys(study_keys)} differ, which changes what its study holds: use another run folder"]
-    later = sorted({owner[k.split(".")[0]] for k in keys}, key=names.index)
-    if later and (redo is None or names.index(redo) > names.index(later[0])):
-        return [f"{where}: {_keys(keys)} differ: re-run from stage {later[0]!r} (the stages they affect), or use "
+        return [f"run folder {str(run.root)!r} was made with a different config (see its "
+                f"{run.resolved_config.name}): {_keys(study_keys)} differ, which changes what its study holds: use "
                 "another run folder"]
     return []
 
@@ -88,13 +92,14 @@ def _keys(keys: list[str]) -> str:
     return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
 
 
-def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, *, address: str | None = None,
-              redo: str | None = None) -> None:
+def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, *,
+              address: str | None = None) -> None:
     """Every problem of running ``stages`` (default: all) of ``cfg`` into ``run``, as one
     :class:`~objectives.errors.UserError`, before anything is created: the run folder (writable, not inside a
     source, owned by this config), the Ray address, the devices, and each selected stage's ``problems``."""
     names = list(stages or stage_names())
-    problems = owner_problems(cfg, run, redo=redo)
+    raise_problems(held_problems(run.root), f"cannot run {cfg.name!r}")  # another writer: say so at once
+    problems = owner_problems(cfg, run)
     problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
     problems += ray_problems(address) + device_problems(cfg, address)
     for name in names:
@@ -130,33 +135,40 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
     if missing:
         raise UserError(f"stage {selected[0]!r} needs {missing} done first: run the whole pipeline, or re-run "
                         f"from stage {missing[0]!r}")
-    redo = selected[0] if (from_stage or only) else None
-    check_run(cfg, run, selected, address=address, redo=redo)
-    run.root.mkdir(parents=True, exist_ok=True)
-    save_run_config(cfg, run.resolved_config)
-    ctx = StageContext(address=address, progress=sys.stderr.isatty() if progress is None else progress,
-                       redo=redo is not None)
-    if redo:
-        for name in selected:
-            run.marker(name).unlink(missing_ok=True)
+    check_run(cfg, run, selected, address=address)
+    stale = stale_stages(cfg, run, STAGES)
+    before = [n for n in stale if names.index(n) < names.index(selected[0])]
+    if before:
+        raise UserError(f"stage {before[0]!r} is stale ({stale[before[0]]}): re-run from stage {before[0]!r} (or "
+                        "run the whole pipeline) before stage " + repr(selected[0]))
+    redo = set(selected) if (from_stage or only) else set()
+    ctx = StageContext(address=address, progress=sys.stderr.isatty() if progress is None else progress)
     for name in selected:
-        _run_stage(cfg, run, ctx, name)
+        if name in stale and name not in redo:
+            ctx.log(f"{name}: stale ({stale[name]}): redone")
+    redo |= set(stale) & set(selected)
+    with writer_lock(run.root):
+        run.root.mkdir(parents=True, exist_ok=True)
+        save_run_config(cfg, run.resolved_config)
+        for name in selected:
+            _run_stage(cfg, run, dataclasses.replace(ctx, redo=name in redo), name)
     return run
 
 
 def _run_stage(cfg: RunConfig, run: RunDir, ctx: StageContext, name: str) -> None:
     marker = run.marker(name)
-    if marker.is_file():
+    if marker.is_file() and not ctx.redo:
         ctx.log(f"{name}: done already ({marker}), skipped")
         return
     ctx.log(f"{name}: starting")
     t0 = time.time()
+    stage = _stage(name)
     try:
-        _stage(name).run(cfg, run, ctx)
+        stage.run(cfg, run, ctx)
     except StageInterrupted:
         ctx.log(f"{name}: interrupted; run the same command again to resume")
         raise
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"stage": name, "seconds": round(time.time() - t0, 1),
-                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n", encoding="utf-8")
+    earlier = STAGES[: STAGES.index(stage)]
+    atomic.write_json(marker, marker_record(cfg, run, stage, earlier, time.time() - t0))
     ctx.log(f"{name}: done in {time.time() - t0:.0f} s")

@@ -25,6 +25,7 @@ back from a trial or from ``best.json`` (recipe, merge seed, device, threads, ``
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,6 @@ from objectives.errors import UserError
 from objectives.schema import load_json
 
 __all__ = [
-    "STAGES",
     "DPOOutputs",
     "RunDir",
     "RunManifest",
@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 
-STAGES = ("search", "heldout", "export", "dpo", "mtbench", "report")  # the pipeline's stages, in order
 
 
 class TrialAttr:
@@ -133,14 +132,17 @@ class TrialRecord:
         cuda = " --cuda" if self.merge_device.startswith("cuda") else ""
         return f"{threads}mergekit-yaml {recipe_file} OUT --random-seed {self.seed}{cuda}"
 
-    def sidecar(self, recipe_file: str, versions: dict[str, str]) -> dict[str, Any]:
-        """The JSON sidecar of an exported recipe (``best.json``): the record without its recipe text."""
+    def sidecar(self, recipe_file: str, versions: dict[str, str], recipe_text: str | None = None) -> dict[str, Any]:
+        """The JSON sidecar of an exported recipe (``best.json``): the record without its recipe text, plus the
+        sha256 of the recipe file's text (``recipe_text``, default the record's recipe) so that a recipe and a
+        sidecar of two different exports are never read as one."""
         from dataclasses import replace
 
         data = {k: v for k, v in asdict(replace(self, parsed=None)).items()
                 if k not in ("recipe", "number", "label", "parsed")}
+        text = self.recipe if recipe_text is None else recipe_text
         return {"trial": self.number, **data, "versions": versions,
-                "reproduce": self.reproduce_command(recipe_file)}
+                "reproduce": self.reproduce_command(recipe_file), "recipe_sha256": _sha256(text)}
 
     @classmethod
     def load_export(cls, recipe_file: str | Path) -> TrialRecord:
@@ -152,9 +154,17 @@ class TrialRecord:
         if not isinstance(side, dict) or "reproduce" not in side or side.get("seed") is None:
             raise UserError(f"{recipe_file.with_suffix('.json')}: not the sidecar of an exported trial (no seed / "
                             "reproduce): export the trial again (merge-search export)")
+        text = recipe_file.read_text(encoding="utf-8")
+        if side.get("recipe_sha256") not in (None, _sha256(text)):
+            raise UserError(f"{str(recipe_file)!r} and its sidecar {recipe_file.with_suffix('.json').name} are not "
+                            "from one export (an export was interrupted, or one of them was edited): export the "
+                            "trial again (merge-search export, or re-run from stage 'export')")
         known = {k: side[k] for k in cls.__dataclass_fields__ if k in side and k != "parsed"}
-        return cls(**{**known, "recipe": recipe_file.read_text(encoding="utf-8"), "number": side.get("trial"),
-                      "label": recipe_file.name})
+        return cls(**{**known, "recipe": text, "number": side.get("trial"), "label": recipe_file.name})
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ folders
@@ -328,7 +338,9 @@ class RunDir:
 
     def write_manifest(self, manifest: RunManifest) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.manifest.write_text(json.dumps(asdict(manifest), indent=1), encoding="utf-8")
+        tmp = self.manifest.with_name(f".{self.manifest.name}.tmp")
+        tmp.write_text(json.dumps(asdict(manifest), indent=1), encoding="utf-8")
+        tmp.replace(self.manifest)
 
     def read_manifest(self) -> RunManifest | None:
         """The manifest, or (for a folder holding only ``study.db``) one for its SQLite file; None otherwise."""

@@ -9,6 +9,7 @@ finished answer and judge reply as it arrives, so a run that was interrupted res
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -36,8 +37,14 @@ log = logging.getLogger("merge_search.mtbench")
 
 
 def write_json(path: Path, data) -> None:
+    """``data`` as JSON in ``path``, replaced whole (a temporary file and one rename): never half written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=4, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | None = None, model_id: str = "model",

@@ -10,7 +10,8 @@ from search.cli import types
 from search.merge import Recipe, record_of
 from search.preflight import local_models, raise_problems
 from search.rundir import DPOOutputs
-from search.stages.dpo import load_dpo_config, merge_base, run_dpo, standalone_problems
+from search.stages.dpo import in_transaction, load_dpo_config, merge_base, run_dpo, standalone_problems
+from search.writelock import writer_lock
 
 __all__ = ["register"]
 
@@ -23,7 +24,7 @@ def _base(args: argparse.Namespace, cfg, out: DPOOutputs, run_seed: int, recipe:
         record = record_of(recipe, seed=seed, device=args.merge_device, threads=args.merge_threads,
                            weights_sha256=args.weights_sha256)
         res = merge_base(record, out)
-        print(f"re-merged {args.recipe} (seed {seed}) -> {out.base} weights_sha256 {res.weights_sha256}")
+        print(f"re-merged {args.recipe} (seed {seed}) weights_sha256 {res.weights_sha256}")
         return out.base
     if args.model or cfg.model:
         return Path(args.model or cfg.model)
@@ -47,7 +48,10 @@ def _run(args: argparse.Namespace) -> int:
     cfg, run_seed = load_dpo_config(args.config)
     out = DPOOutputs(Path(args.out or cfg.output_dir))
     recipe = _check(args, cfg, out)
-    metrics = run_dpo(cfg, _base(args, cfg, out, run_seed, recipe), out.root)
+    with writer_lock(out.root):
+        metrics = in_transaction(out, lambda staged: run_dpo(
+            cfg, _base(args, cfg, staged, run_seed, recipe), staged.root,
+            base_name=str(out.base) if args.recipe else None))
     b, a = metrics["heldout_before"], metrics["heldout_after"]
     print(f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f} "
           f"(margin {b['reward_margin']:.2f} -> {a['reward_margin']:.2f} nats, n={a['n']})")

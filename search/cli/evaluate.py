@@ -22,7 +22,7 @@ def _cmd(args: argparse.Namespace) -> int:
         raise UserError(f"--top-k must be >= 1 with --run, but got {args.top_k}")
     out = RunDir.of(args.out or args.run, cfg.name).root
     problems = standalone_problems(cfg, out, recipes=args.recipe, study_run=args.run, top_k=args.top_k)
-    raise_problems(problems + owner_problems(cfg, RunDir(out), redo="heldout"), "evaluate")
+    raise_problems(problems + owner_problems(cfg, RunDir(out)), "evaluate")
     evaluate(cfg, out, recipes=args.recipe, study_run=args.run, top_k=args.top_k)
     return 0
 

@@ -22,6 +22,7 @@ from search.cli import types
 from search.merge import Recipe
 from search.preflight import local_models, output_problems, raise_problems
 from search.stages.mtbench import chat_model, mtbench_config
+from search.writelock import writer_lock
 
 __all__ = ["register"]
 
@@ -99,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     model = chat_model(recipe or args.model, cfg, endpoint_model=args.endpoint_model,
                        endpoint_api_key_env=args.endpoint_api_key_env, merge_seed=args.merge_seed) \
         if args.model else None
-    scores = run_mtbench(cfg, args.out, model=model, model_id=name, answers_path=args.answers)
+    with writer_lock(args.out):
+        scores = run_mtbench(cfg, args.out, model=model, model_id=name, answers_path=args.answers)
     _print_scores(scores, args.json)
     print(f"wrote {args.out}/answers.jsonl, judge-replies.json, scores.json", file=sys.stderr)
     return 0

@@ -25,9 +25,8 @@ The trl + peft side (runtime, quantized base, trainer, outputs) is :mod:`search.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from objectives.errors import UserError
 from objectives.objective import cpu_threads
 from objectives.preference import encode_pair, sequence_logps
 from objectives.schema import load_yaml, validate
+from search import atomic
 from search.config import RunConfig, load_run_config
 from search.merge import remerge
 from search.merge.sources import model_folder_problems
@@ -61,6 +61,7 @@ __all__ = [
     "displacement_warning",
     "divergence",
     "heldout_scores",
+    "in_transaction",
     "load_data",
     "finished_problems",
     "load_dpo_config",
@@ -104,24 +105,38 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:
     """The exported winner re-merged into ``RUN/dpo/base`` (hash-checked), then :func:`run_dpo` into
     ``RUN/dpo``, then the objective's generative tasks on their held-out documents before and after
-    (:mod:`search.stages.generation_check`; a fall is a warning) added to ``metrics.json`` as ``generation``; an
-    unfinished earlier attempt (no marker) is started afresh. Returns ``metrics.json``."""
-    out = run.dpo
-    record = run.best_record()
-    shutil.rmtree(out.root, ignore_errors=True)
-    merge_base(record, out)
-    metrics = run_dpo(cfg.dpo, out.base, out.root, threads=cfg.objective.threads)
-    generation = generation_scores(cfg, out.base, out.model, log=log)
-    if generation:
-        warning = generation_warning(generation)
-        metrics = {**metrics, "generation": generation,
-                   "warnings": metrics.get("warnings", []) + ([warning] if warning else [])}
-        if warning:
-            log(f"WARNING: {warning}")
-        tmp = out.metrics.with_name(out.metrics.name + ".tmp")
-        _write_json(tmp, metrics)
-        tmp.replace(out.metrics)  # metrics.json marks a finished run: replaced whole, never half written
-    return metrics
+    (:mod:`search.stages.generation_check`; a fall is a warning) added to ``metrics.json`` as ``generation``.
+
+    A transaction (:mod:`search.atomic`): everything is built in ``RUN/.dpo.staging`` and swapped for ``RUN/dpo``
+    only when complete, so a failed or killed attempt leaves the earlier DPO outputs as they were. Returns
+    ``metrics.json``."""
+    record = run.best_record()  # before anything is written: a missing or half-written export stops here
+
+    def work(out: DPOOutputs) -> dict:
+        merge_base(record, out)
+        metrics = run_dpo(cfg.dpo, out.base, out.root, threads=cfg.objective.threads,
+                          base_name=str(run.dpo.base))
+        generation = generation_scores(cfg, out.base, out.model, log=log)
+        if generation:
+            warning = generation_warning(generation)
+            metrics = {**metrics, "generation": generation,
+                       "warnings": metrics.get("warnings", []) + ([warning] if warning else [])}
+            if warning:
+                log(f"WARNING: {warning}")
+            atomic.write_json(out.metrics, metrics, indent=2)
+        return metrics
+
+    return in_transaction(run.dpo, work)
+
+
+def in_transaction(out: DPOOutputs, work: Callable[[DPOOutputs], dict]) -> dict:
+    """``work`` on a fresh staging folder beside ``out`` (:func:`search.atomic.staging`), swapped for ``out``
+    when it returns; when it raises, ``out`` is left as it was (the staging folder stays for a look, and is
+    removed by the next attempt)."""
+    stage = atomic.staging(out.root)
+    result = work(DPOOutputs(stage))
+    atomic.swap_in(stage, out.root)
+    return result
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:
@@ -306,10 +321,11 @@ def _fail_diverged(cause: str, cfg: DPOStageConfig, out: DPOOutputs) -> None:
 
 
 def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
-            threads: int | None = SCORING_THREADS) -> dict:
+            threads: int | None = SCORING_THREADS, base_name: str | None = None) -> dict:
     """The whole stage; returns ``metrics.json``'s content. ``base`` is a saved HF model folder; ``out`` gets
     the :class:`~search.rundir.DPOOutputs` layout. On CPU the held-out scoring runs at ``threads`` torch
-    threads (None: torch's default); training keeps torch's default.
+    threads (None: torch's default); training keeps torch's default. ``base_name``: how ``config.yaml`` names
+    the base (default ``base``; a transaction names where the base will be once swapped in).
 
     A diverged run (NaN/inf losses, rewards, trained weights or held-out scores) is a :class:`UserError` and
     writes no model and no ``metrics.json``; held-out chosen answers that became less likely are a
@@ -348,7 +364,7 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
     plot_loss(history, files.loss_png)
     _write_json(files.data_report, data.report)
     _write_json(files.log_history, history)
-    resolved = {"dpo": cfg.model_dump(mode="json"), "base": str(base),
+    resolved = {"dpo": cfg.model_dump(mode="json"), "base": base_name or str(base),
                 "runtime": {"device": rt.device, "quantized": rt.quantized, "precision": rt.precision}}
     files.config.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8")
     _write_json(files.metrics, metrics)  # last: its presence marks a finished run
@@ -359,4 +375,4 @@ def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,
 
 
 def _write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(path, data, indent=2)

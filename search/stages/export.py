@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
-import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import optuna
 
 from objectives.errors import UserError
+from search import atomic
 from search.driver.study import feasible_front, is_feasible, ranked_trials
 from search.merge import remerge, versions, with_recipe
+from search.lineage import sha256_of
 from search.preflight import local_models, output_problems, raise_problems
 from search.rundir import RunDir, TrialRecord
 from search.stages.base import StageContext
+from search.writelock import writer_lock
 
 __all__ = ["NAME", "SECTIONS", "export_trial", "pick_trial", "problems", "run", "winner"]
 
@@ -36,6 +39,15 @@ def run(cfg, run: RunDir, ctx: StageContext) -> TrialRecord:
         ctx.log(f"multi-objective: exporting trial {trial.number}, the feasible trial with the best primary value "
                 f"{trial.values[0]:.4f} (secondary {trial.values[1]:.4f})")
     return export_trial(study, trial, run.best_yaml)
+
+
+def output_fingerprint(run: RunDir) -> str | None:
+    """What the export holds now (lineage): ``best.yaml`` and ``best.json``; a new export into the run folder
+    makes the later stages stale. None when there is none."""
+    files = [run.best_yaml, run.best_yaml.with_suffix(".json")]
+    if not all(f.is_file() for f in files):
+        return None
+    return sha256_of([f.read_text(encoding="utf-8") for f in files])
 
 
 def pick_trial(study: optuna.Study, which: str | int = "best") -> optuna.trial.FrozenTrial:
@@ -98,8 +110,11 @@ def export_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, out: str 
     if verify:
         remerge(record)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(record.recipe if record.recipe.endswith("\n") else record.recipe + "\n", encoding="utf-8")
-    out.with_suffix(".json").write_text(json.dumps(record.sidecar(out.name, versions()), indent=1), encoding="utf-8")
+    text = record.recipe if record.recipe.endswith("\n") else record.recipe + "\n"
+    with writer_lock(out.parent) if RunDir(out.parent).manifest.is_file() else nullcontext():  # into a run folder
+        # the sidecar names its recipe's hash: a kill between the two renames leaves a pair load_export refuses
+        atomic.write_text(out, text)
+        atomic.write_json(out.with_suffix(".json"), record.sidecar(out.name, versions(), recipe_text=text))
     return record
 
 

@@ -34,6 +34,7 @@ from search.stages.base import StageContext
 from search.stages.candidates import Candidate, candidates
 from search.stages.chat_templates import chat_objective_problems
 from search.stages.heldout_report import HeldoutReport, ModelScores, fmt_score
+from search.writelock import writer_lock
 
 __all__ = ["NAME", "SECTIONS", "evaluate", "evaluate_candidates",
            "problems", "run", "standalone_problems", "top_trials"]
@@ -112,8 +113,12 @@ def evaluate(cfg: RunConfig, out: str | Path, *, recipes: list[str] | None = Non
              study_run: str | Path | None = None, top_k: int = 0, log=print) -> HeldoutReport:
     """Evaluate sources, hand recipes, ``recipes`` and the ``top_k`` trials of ``study_run`` (a run folder or
     storage URL); writes ``heldout.json`` and ``heldout.md`` into ``out``. Inputs are checked by the caller
-    (the pipeline, or :func:`standalone_problems`)."""
-    folder = RunDir(Path(out))
+    (the pipeline, or :func:`standalone_problems`); holds ``out``'s writer lock (:mod:`search.writelock`)."""
+    with writer_lock(out):
+        return _evaluate(cfg, RunDir(Path(out)), recipes=recipes, study_run=study_run, top_k=top_k, log=log)
+
+
+def _evaluate(cfg: RunConfig, folder: RunDir, *, recipes, study_run, top_k, log) -> HeldoutReport:
     trials = top_trials(study_run, top_k) if study_run else []
     matrix = RunDir(Path(study_run)).item_matrix if study_run and Path(study_run).is_dir() else None
     judged = RunDir(Path(study_run)).chat_judgements if study_run and Path(study_run).is_dir() else None

@@ -3,13 +3,13 @@ stage writes and the report and later stages read."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from objectives.schema import load_json
+from search import atomic
 from search.rundir import RunDir
 
 __all__ = ["HeldoutReport", "ModelScores", "fmt_score", "format_table"]
@@ -54,8 +54,8 @@ class HeldoutReport:
 
     def save(self, run: RunDir) -> None:
         run.root.mkdir(parents=True, exist_ok=True)
-        run.heldout_json.write_text(json.dumps(self.to_json(), indent=1) + "\n", encoding="utf-8")
-        run.heldout_md.write_text(format_table(self), encoding="utf-8")
+        atomic.write_json(run.heldout_json, self.to_json())
+        atomic.write_text(run.heldout_md, format_table(self))
 
     @classmethod
     def load(cls, path: str | Path) -> HeldoutReport:

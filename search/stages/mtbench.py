@@ -11,6 +11,7 @@ the ``mtbench:`` section of a run config with overrides on top.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,10 @@ from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
 from objectives.mtbench.questions import source_problems as question_problems
-from objectives.mtbench.run import SCORES_FILE, rated, run_mtbench
+from objectives.mtbench.run import CACHE_DIR, SCORES_FILE, rated, run_mtbench
 from objectives.schema import load_yaml, validate
 from objectives.templates import resolve_chat_template
+from search import atomic
 from search.config import RunConfig, load_run_config
 from search.merge import Recipe, record_of, remerge
 from search.merge.sources import model_folder_problems
@@ -61,10 +63,7 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> None:
     """:func:`run_mtbench_stage`; a stage re-run on purpose (``ctx.redo``) re-judges every model (answers asked
     with the same settings come from the stage's cache)."""
-    if ctx.redo:
-        for scores in run.mtbench.glob(f"*/{SCORES_FILE}"):
-            scores.unlink()
-    run_mtbench_stage(cfg, run, log=ctx.log)
+    run_mtbench_stage(cfg, run, log=ctx.log, redo=ctx.redo)
 
 
 def mtbench_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> MTBenchConfig:
@@ -149,24 +148,32 @@ def mtbench_models(cfg: RunConfig, run: RunDir) -> dict[str, Path]:
     return models
 
 
-def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print) -> None:
+def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print, redo: bool = False) -> None:
     """MT-Bench for every model of :func:`mtbench_models` and the hand recipes (``pipeline.mtbench_recipes``;
-    models with scores already are skipped), then ``models.json`` (each model's kind), ``comparison.md`` and
-    ``comparison.png`` with the merge as the baseline."""
+    models with scores already are skipped unless ``redo``), then ``models.json`` (each model's kind),
+    ``comparison.md`` and ``comparison.png`` with the merge as the baseline.
+
+    Each model is a transaction (:mod:`search.atomic`): it is answered and judged in a staging folder (seeded
+    with the earlier answer/judgement cache) and swapped in when its ``scores.json`` exists, so a failure keeps
+    every earlier model's results."""
     names, scores = [], []
     folders = mtbench_models(cfg, run)
     recipes = {c.name: c for c in candidates(cfg, [], []) if c.kind == "recipe"} if cfg.pipeline.mtbench_recipes \
         else {}
     for name in [n for n in folders if n not in ("merge", "merge+dpo")] + list(recipes) + ["merge", "merge+dpo"]:
         out = run.mtbench_model(name)
-        if not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # per-model resume
+        if redo or not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # resume
             log(f"MT-Bench: {name}")
-            run_mtbench(cfg.mtbench, out, model=_chat_model(cfg, name, folders.get(name), recipes.get(name)),
+            staged = atomic.staging(out)
+            if (out / CACHE_DIR).is_dir():
+                shutil.copytree(out / CACHE_DIR, staged / CACHE_DIR)
+            run_mtbench(cfg.mtbench, staged, model=_chat_model(cfg, name, folders.get(name), recipes.get(name)),
                         model_id=name)
+            atomic.swap_in(staged, out)
         names.append(name)
         scores.append(load_scores(out / SCORES_FILE))
     kinds = {n: n if n in ("merge", "merge+dpo") else "recipe" if n in recipes else "source" for n in names}
-    run.mtbench_kinds.write_text(json.dumps(kinds, indent=1) + "\n", encoding="utf-8")
+    atomic.write_json(run.mtbench_kinds, kinds)
     baseline = names.index("merge") if "merge" in names else 0
-    run.comparison_md.write_text(comparison_table(scores, names, baseline=baseline) + "\n", encoding="utf-8")
+    atomic.write_text(run.comparison_md, comparison_table(scores, names, baseline=baseline) + "\n")
     bar_chart(scores, names, run.comparison_png)

@@ -23,10 +23,12 @@ import optuna
 from objectives.chat import overlap_problems
 from objectives.errors import UserError
 from objectives.objective import Objective
+from search import atomic
 from search.config import RunConfig, save_run_config
 from search.driver.driver import Driver, DriverResult, init_ray
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
 from search.merge import params_from_recipe, recipe_text, suggest_params
+from search.lineage import sha256_of
 from search.merge.sources import is_local, source_problems
 from search.preflight import RESOURCE_KEYS, as_read_back, config_diff, storage_problems
 from search.rundir import RunDir, RunManifest, TrialAttr
@@ -34,8 +36,10 @@ from search.stages.base import StageContext, StageInterrupted
 from search.stages.chat_templates import chat_objective_problems
 from search.stages.selection import item_matrix, matrix_items
 from search.stages.trial_worker import MergeEvalWorker
+from search.writelock import writer_lock
 
-__all__ = ["NAME", "SECTIONS", "SearchSummary", "problems", "run", "run_search", "study_fingerprint",
+__all__ = ["NAME", "SECTIONS", "SearchSummary", "output_fingerprint", "problems", "run", "run_search",
+           "study_fingerprint",
            "study_owner_problems", "warm_params"]
 
 NAME = "search"
@@ -107,6 +111,18 @@ def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> SearchSummary:
     return summary
 
 
+def output_fingerprint(run: RunDir) -> str | None:
+    """What the search has produced (lineage, :mod:`search.lineage`): its finished trials, their states and
+    values; None when the run folder holds no study."""
+    from search.driver.study import load_study
+
+    if run.read_manifest() is None:
+        return None
+    study = load_study(run.root)
+    return sha256_of([(t.number, t.state.name, t.values) for t in study.get_trials(deepcopy=False)
+                      if t.state.is_finished()])
+
+
 def study_fingerprint(cfg: RunConfig) -> dict:
     """The keys of ``cfg`` that decide what a study's trials mean: its :data:`SECTIONS`, less how much is run
     (:data:`~search.preflight.RESOURCE_KEYS`) and where the study is stored."""
@@ -152,8 +168,13 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
     the study are finished; writes ``resolved.yaml``, ``run.json`` and ``summary.json``.
 
     The inputs are not checked here: :func:`search.pipeline.check_run` (``stages=["search"]``) does that
-    first, creating nothing, as ``merge-search search`` and ``run_pipeline`` do."""
-    run = RunDir(run_dir)
+    first, creating nothing, as ``merge-search search`` and ``run_pipeline`` do. Holds the run folder's writer
+    lock (:mod:`search.writelock`): a second search on the same folder is refused."""
+    with writer_lock(run_dir):
+        return _run_search(cfg, RunDir(run_dir), address=address, progress=progress)
+
+
+def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: bool) -> SearchSummary:
     scfg = cfg.search
     warm = warm_params(cfg)
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
@@ -185,7 +206,7 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
         artifact_dir=run.upload, progress=progress,
     )
     summary = SearchSummary.of(driver.run(), matrix_items(matrix) if matrix and scored_now else 0)
-    run.summary.write_text(_json(dataclasses.asdict(summary)), encoding="utf-8")
+    atomic.write_text(run.summary, _json(dataclasses.asdict(summary)))
     if summary.stopped:
         raise UserError(f"search stopped: {summary.stopped}: fix the cause (each trial's fail_reason) and run the "
                         "same command to resume")

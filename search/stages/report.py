@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from search import atomic
 from search.rundir import RunDir, TrialRecord
 from search.stages.base import StageContext
 from search.stages.heldout_report import HeldoutReport
@@ -221,7 +222,7 @@ def _verdict_section(run: RunDir, winner: int | None) -> list[str]:
     lines = [_ship_line(ship) if ship else "_Model to ship: not decided until the MT-Bench stage has rated the "
              "merge (the final measure)._", ""]
     if ship:
-        run.ship_json.write_text(json.dumps(ship.to_json(), indent=1) + "\n", encoding="utf-8")
+        atomic.write_json(run.ship_json, ship.to_json())
     else:
         run.ship_json.unlink(missing_ok=True)  # an earlier decision no longer holds
     lines += [f"- {v.line}" for v in stage_verdicts(run, winner)]
@@ -251,7 +252,7 @@ def write_report(run: str | Path, study=None) -> Path:
     lines += _heldout_section(heldout, plots) if heldout else ["_Not run yet._", ""]
     lines += ["## DPO", ""] + _dpo_section(run, plots)
     lines += ["## MT-Bench", ""] + _mtbench_section(run, plots)
-    run.report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic.write_text(run.report, "\n".join(lines) + "\n")
     return run.report
 
 

@@ -48,6 +48,22 @@ class Scene:
                 node[last] = value
         return self.write(name, data)
 
+    def finished_through(self, last: str) -> Path:
+        """A copy of :attr:`run` whose stages up to ``last`` carry completion markers (with lineage) made by
+        :attr:`config`, as if ``merge-search run`` had finished them (made once per scene)."""
+        from search.lineage import marker_record
+        from search.pipeline import STAGES
+
+        folder = self.root / f"done-{last}"
+        if not folder.exists():
+            shutil.copytree(self.run, folder)
+            cfg, run = load_run_config(self.config), RunDir(folder)
+            run.marker(last).parent.mkdir(parents=True)
+            names = [s.NAME for s in STAGES]
+            for i, stage in enumerate(STAGES[: names.index(last) + 1]):
+                run.marker(stage.NAME).write_text(json.dumps(marker_record(cfg, run, stage, STAGES[:i], 1.0)))
+        return folder
+
 
 DROP = object()
 

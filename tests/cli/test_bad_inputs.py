@@ -109,8 +109,9 @@ CASES = [
      "different config"),
     ("other-config-run-from", lambda s: ["run", str(s.config_with("other2.yaml", space__parameters={"int8_mask": False})),
                                          "--out", str(s.run), "--from", "search"], "space.parameters.int8_mask"),
-    ("later-section-needs-from", lambda s: ["run", str(s.config_with("dpochange.yaml", dpo__train__max_steps=3)),
-                                            "--out", str(s.run)], "from stage 'dpo'"),
+    ("only-after-a-stale-stage", lambda s: ["run", str(s.config_with("dpochange.yaml", dpo__train__max_steps=3)),
+                                            "--out", str(s.finished_through("dpo")), "--only", "mtbench"],
+     "stage 'dpo' is stale (dpo.train.max_steps changed): re-run from stage 'dpo'"),
     ("cmaes-with-constraints", lambda s: ["search", str(s.config_with(
         "cma.yaml", search__sampler="cmaes", objective__constraints=[{"objective": "demo_zahlen_search", "min": 0.1}]))],
      "ignores objective.constraints"),
