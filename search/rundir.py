@@ -75,6 +75,7 @@ class TrialAttr:
     ESTIMATE = "estimate"  # {"value", "stderr", "items", "tasks"}: full-subset estimate after the last rung run
     STUDY_WARM_ENQUEUED = "warm_start_enqueued"  # a *study* attribute: hand recipes were enqueued
     STUDY_CONFIG = "merge_search_config"  # a *study* attribute: the config keys that decide what its trials mean
+    STUDY_SOURCES = "merge_search_sources"  # a *study* attribute: {source path: source_fingerprint} at creation
 
 
 # ------------------------------------------------------------------------------------------------ records

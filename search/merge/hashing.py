@@ -24,7 +24,7 @@ from objectives.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["hash_model_dir", "saved_tensors", "tensor_bytes", "weights_sha256"]
+__all__ = ["hash_model_dir", "saved_tensors", "source_fingerprint", "tensor_bytes", "weights_sha256"]
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -77,3 +77,39 @@ def hash_model_dir(path: str | Path) -> str:
                 raise UserError(f"tensor {name!r} appears in two shards of {str(p)!r}: the folder is corrupt")
             tensors[name] = t
     return weights_sha256(tensors)
+
+
+SAMPLE_BYTES = 1 << 16  # bytes read at each sampled offset of a weights file
+SAMPLES = 8  # sampled offsets per file, spread evenly over its tensor data
+
+
+def source_fingerprint(path: str | Path) -> str | None:
+    """A cheap fingerprint of a source model folder's weights and tokenizer, to tell "the same source" from
+    "other weights under the same path" (a study made from one set of weights must not be resumed on another).
+
+    SHA-256 over each ``*.safetensors`` file's name, size, whole header and :data:`SAMPLES` blocks of
+    :data:`SAMPLE_BYTES` spread over its data (about 0.5 MB read per file, whatever its size), plus the
+    tokenizer and config files whole. Not a content hash: weights edited only between the sampled blocks go
+    unseen (``merge-search hash DIR`` hashes everything). None for a path that is not a local folder (a hub
+    id: its revision is the hub's business)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as handle:
+            head = handle.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            h.update(head + handle.read(min(n, size)))
+            start, span = 8 + n, max(size - 8 - n, 0)
+            for k in range(SAMPLES if span else 0):
+                handle.seek(start + span * k // SAMPLES)
+                h.update(handle.read(SAMPLE_BYTES))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                 "special_tokens_map.json", "added_tokens.json", "model.safetensors.index.json"):
+        f = p / name
+        if f.is_file():
+            h.update(name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()

@@ -28,6 +28,7 @@ from search.config import RunConfig, save_run_config
 from search.driver.driver import Driver, DriverResult, init_ray
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
 from search.merge import params_from_recipe, recipe_text, suggest_params
+from search.merge.hashing import source_fingerprint
 from search.lineage import sha256_of
 from search.merge.sources import is_local, source_problems
 from search.preflight import RESOURCE_KEYS, as_read_back, config_diff, storage_problems
@@ -137,6 +138,20 @@ def study_fingerprint(cfg: RunConfig) -> dict:
     return data
 
 
+def source_fingerprints(cfg: RunConfig) -> dict[str, str]:
+    """``{source as the config names it: source_fingerprint}`` of every local source (hub ids are left out)."""
+    models = [cfg.space.base_model, *(m.model for m in cfg.space.models)]
+    return {m: fp for m in models if (fp := source_fingerprint(m)) is not None}
+
+
+def _changed_sources(study, cfg: RunConfig) -> list[str]:
+    recorded = study.user_attrs.get(TrialAttr.STUDY_SOURCES)
+    if not isinstance(recorded, dict):
+        return []  # a study of an older version: nothing recorded to compare
+    now = source_fingerprints(cfg)
+    return [m for m, fp in recorded.items() if m in now and now[m] != fp]
+
+
 def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
     """A study in the storage that another config made (its recorded fingerprint differs): its trials would
     be mixed with this config's. Reads an existing database only (never creates one)."""
@@ -156,6 +171,11 @@ def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
         return [f"study {name!r} in {url} was made by a different config: {shown} differ, so its trials "
                 "would be mixed: set search.study_name to a new name, or use another storage"]
+    changed = _changed_sources(study, cfg)
+    if changed:
+        return [f"study {name!r} in {url} was made from other weights of {', '.join(map(repr, changed))} (the "
+                "source's files differ from when the study was made), so its trials would be mixed: restore that "
+                "source, or set search.study_name to a new name (or use another run folder)"]
     return []
 
 
@@ -182,6 +202,8 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
                        x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
     if TrialAttr.STUDY_CONFIG not in study.user_attrs:
         study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg))
+    if TrialAttr.STUDY_SOURCES not in study.user_attrs:
+        study.set_user_attr(TrialAttr.STUDY_SOURCES, source_fingerprints(cfg))
     save_run_config(cfg, run.resolved_config)
     run.write_manifest(RunManifest(storage=scfg.storage, study_name=study.study_name))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
