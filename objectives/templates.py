@@ -11,7 +11,7 @@ from pathlib import Path
 
 from objectives.errors import UserError
 
-__all__ = ["CHATML_TEMPLATE", "end_of_turn", "resolve_chat_template", "template_tokens"]
+__all__ = ["CHATML_TEMPLATE", "end_of_turn", "render_problem", "resolve_chat_template", "template_tokens"]
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
@@ -27,16 +27,45 @@ def resolve_chat_template(value: str | None, where: str) -> str | None:
     if value == "chatml":
         return CHATML_TEMPLATE
     if "{%" in value or "{{" in value:
-        return value
+        return _checked(value, where)
     path = Path(value).expanduser()
     if path.is_file():
         try:
-            return path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise UserError(f"{where}: cannot read the template file {value!r} ({type(err).__name__}): pass a "
                             "UTF-8 .jinja file") from None
+        return _checked(text, f"{where} ({value})")
     raise UserError(f"{where}: {value!r} is neither 'model', 'chatml', a Jinja template nor an existing .jinja file: "
                     "pass one of those")
+
+
+def _checked(template: str, where: str) -> str:
+    problem = render_problem(template)
+    if problem:
+        raise UserError(f"{where}: the chat template does not work ({problem}): fix the Jinja, or use chatml")
+    return template
+
+
+def render_problem(template: str) -> str | None:
+    """Why ``template`` cannot render a two-turn conversation (compiled as transformers compiles chat templates:
+    a sandboxed Jinja environment with ``raise_exception``), or None when it renders."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+    conv = [{"role": "user", "content": "Hallo?"}, {"role": "assistant", "content": "Hallo."},
+            {"role": "user", "content": "Wie geht es?"}, {"role": "assistant", "content": "Gut."}]
+    try:
+        env.from_string(template).render(messages=conv, add_generation_prompt=True, bos_token="<s>",
+                                         eos_token="</s>")
+    except Exception as err:  # noqa: BLE001 -- any error of the user's template is the answer
+        return f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else 'no message'}"
+    return None
 
 
 _SENTINEL = "\x00reply\x00"

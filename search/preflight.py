@@ -129,11 +129,36 @@ def ray_problems(address: str | None, timeout: float = 5.0) -> list[str]:
     if not host or not port.isdigit():
         return [f"Ray address {address!r}: expected HOST:PORT of a Ray head (e.g. 10.0.0.1:6379) or 'auto'"]
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        with socket.create_connection((host, int(port)), timeout=timeout) as conn:
+            speaks = _speaks_grpc(conn, timeout)
     except OSError as err:
         return [f"Ray address {address!r}: no Ray head answers at {host}:{port} within {timeout:.0f} s "
                 f"({err.strerror or err}): start a Ray head there, or fix the address"]
+    if not speaks:
+        return [f"Ray address {address!r}: {host}:{port} answers, but not as a Ray head (no gRPC reply within "
+                f"{timeout:.0f} s): give the head's GCS port (ray start --head prints it; 6379 by default)"]
     return []
+
+
+# HTTP/2's client connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with a frame
+# of its own whose type byte (the 4th) is SETTINGS (4); other services answer otherwise, or not at all.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _speaks_grpc(conn: socket.socket, timeout: float) -> bool:
+    """Whether the peer of ``conn`` answers an HTTP/2 preface as a gRPC server does (see :data:`_H2_PREFACE`)."""
+    conn.settimeout(timeout)
+    try:
+        conn.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except OSError:
+        return False
+    return len(head) == 9 and head[3] == 4
 
 
 def _local_head() -> str | None:

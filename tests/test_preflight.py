@@ -70,14 +70,37 @@ def test_storage_problems(tmp_path):
     assert "search.storage" in storage_problems("postgresql://u@127.0.0.1:1/db")[0]
 
 
+def _answering(reply: bytes | None):
+    """A loopback TCP service that answers its first connection with ``reply`` (None: stays silent)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            if reply is not None:
+                conn.recv(64)
+                conn.sendall(reply)
+            conn.recv(64)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
 def test_ray_problems():
     assert ray_problems(None) == []
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
+    grpc_settings = bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # what a gRPC server (Ray's GCS) sends first
+    with _answering(grpc_settings) as server:
         port = server.getsockname()[1]
         assert ray_problems(f"127.0.0.1:{port}") == []
     assert "no Ray head answers" in ray_problems(f"127.0.0.1:{port}", timeout=1)[0]
+    for reply in (None, b"HTTP/1.1 400 Bad Request\r\n\r\n"):  # a silent service, a web server: not Ray
+        with _answering(reply) as server:
+            [problem] = ray_problems(f"127.0.0.1:{server.getsockname()[1]}", timeout=1)
+            assert "but not as a Ray head" in problem
     assert "expected HOST:PORT" in ray_problems("somewhere")[0]
 
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from search.merge import mergekit_compat as mk
+from search.merge.source_files import path_problems, shard_problems, tokenizer_problems
 
 __all__ = ["has_chat_template", "is_local", "model_folder_problems", "source_problems"]
 
@@ -24,7 +25,9 @@ def is_local(model: str) -> bool:
 
 
 def model_folder_problems(path: str | Path, what: str = "model") -> list[str]:
-    """Problems of a saved model folder: missing, no ``config.json``, no safetensors, an unreadable header."""
+    """Problems of a saved model folder: missing, no ``config.json``, no safetensors, an unreadable header, a
+    sharded checkpoint's index that does not match its shards, tokenizer files that do not load and chat
+    templates that do not render (:mod:`search.merge.source_files`)."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path).expanduser()
@@ -45,7 +48,7 @@ def model_folder_problems(path: str | Path, what: str = "model") -> list[str]:
         except (SafetensorError, OSError) as err:
             problems.append(f"{what} {str(path)!r}: {f.name} is not a readable safetensors file ({err}): "
                             "download or save it again")
-    return problems
+    return problems + shard_problems(p, what) + tokenizer_problems(p, what)
 
 
 def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
@@ -61,7 +64,7 @@ def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
     problems, refs = [], {}
     for m in dict.fromkeys([base_model, *models]):
         if is_local(m) and Path(m).expanduser().exists():
-            found = model_folder_problems(m, "model")
+            found = path_problems(m, "model") or model_folder_problems(m, "model")
         elif is_local(m):
             found = [f"model folder {m!r} does not exist: pass an existing model folder or a hub id (owner/name)"]
         else:
