@@ -14,6 +14,7 @@ output, so a bad input costs seconds and leaves nothing behind. Each stage gathe
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -32,6 +33,8 @@ __all__ = [
     "as_read_back",
     "config_diff",
     "device_problems",
+    "disk_problems",
+    "folder_bytes",
     "local_models",
     "output_problems",
     "raise_problems",
@@ -268,3 +271,24 @@ def device_problems(cfg: RunConfig, address: str | None) -> list[str]:
         problems.append(f"search.worker_gpus {cfg.search.worker_gpus} but this machine has {gpus} GPU(s): a local "
                         "search would wait forever; lower it, or give the Ray address of a GPU cluster")
     return problems
+
+
+def folder_bytes(model: str | Path) -> int:
+    """The size of a local model folder's weight files (``*.safetensors``, ``*.bin``); 0 for a hub id."""
+    p = Path(model).expanduser()
+    if not p.is_dir():
+        return 0
+    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in p.glob(pattern))
+
+
+def disk_problems(out: str | Path, need: int, what: str) -> list[str]:
+    """Too little free space where ``out`` will be written for ``need`` bytes (an estimate the caller makes)."""
+    p = Path(out).expanduser().absolute()
+    existing = next((a for a in [p, *p.parents] if a.is_dir()), None)
+    if existing is None or need <= 0:
+        return []
+    free = shutil.disk_usage(existing).free
+    if free >= need:
+        return []
+    return [f"{what}: {str(existing)!r} has {free / 2**30:.1f} GiB free but about {need / 2**30:.1f} GiB are needed: "
+            "free some space, or write the run folder elsewhere"]

@@ -337,6 +337,16 @@ class RunDir:
         """The configured storage URL, else the folder's SQLite file."""
         return configured or self.default_storage_url()
 
+    @staticmethod
+    def absolute_url(url: str | None) -> str | None:
+        """``url`` with a relative SQLite path made absolute (``sqlite:///study.db`` -> ``sqlite:////cwd/study.db``):
+        what a manifest stores, so that commands run from another working directory find the same database."""
+        prefix = "sqlite:///"
+        if not url or not url.startswith(prefix) or url.startswith(prefix + "/") or url == prefix + ":memory:":
+            return url
+        path, sep, query = url[len(prefix):].partition("?")
+        return prefix + Path(path).expanduser().resolve().as_posix() + sep + query
+
     def write_manifest(self, manifest: RunManifest) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.manifest.with_name(f".{self.manifest.name}.tmp")

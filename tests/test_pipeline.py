@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,6 +14,7 @@ import yaml
 from optuna.trial import TrialState
 
 from search.pipeline import stage_names
+from search.writelock import holder
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,7 +64,21 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     assert not (run / "stages" / "search.json").exists()
     before = {t.number: (t.params, t.datetime_complete) for t in trials(run) if t.state == TrialState.COMPLETE}
 
-    res = run_cmd(config, run)
+    # The resume holds the run folder: a second writer meanwhile is refused in one line within 10 s, naming it.
+    first = subprocess.Popen([str(BIN / "merge-search"), "run", str(config), "--out", str(run)], cwd=REPO, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while holder(run) is None:
+        assert first.poll() is None and time.time() < deadline, "the resumed run never took the run folder's lock"
+        time.sleep(0.2)
+    t0 = time.time()
+    second = subprocess.run([str(BIN / "merge-search"), "search", str(config), "--out", str(run)], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=60)
+    assert time.time() - t0 < 10 and second.returncode == 2
+    [line] = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert f"being written by process {first.pid}" in line and "merge-search run" in line
+    out, err = first.communicate(timeout=900)
+    res = subprocess.CompletedProcess(first.args, first.returncode, out, err)
     assert res.returncode == 0, res.stderr[-3000:]
     after = trials(run)
     kept = {t.number: (t.params, t.datetime_complete) for t in after if t.number in before}
@@ -98,6 +114,23 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run / "report.md").stat().st_mtime_ns > stamps[run / "report.md"]
     assert (run / "best.json").stat().st_mtime_ns == stamps[run / "best.json"]
+
+    # A changed DPO setting makes DPO, MT-Bench and the report stale: a plain run redoes them, and only them.
+    changed = yaml.safe_load(config.read_text())
+    changed["dpo"]["train"]["max_steps"] = 4
+    config.write_text(yaml.safe_dump(changed, sort_keys=False))
+    markers = {s: json.loads((run / "stages" / f"{s}.json").read_text()) for s in stage_names()}
+    res = run_cmd(config, run)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "dpo: stale (dpo.train.max_steps changed): redone" in res.stderr
+    for stage in ("search", "heldout", "export"):
+        assert f"{stage}: done already" in res.stderr
+        assert json.loads((run / "stages" / f"{stage}.json").read_text()) == markers[stage]
+    for stage in ("dpo", "mtbench", "report"):
+        assert json.loads((run / "stages" / f"{stage}.json").read_text())["output"] != markers[stage]["output"]
+        assert f"{stage}: stale" in res.stderr
+    assert yaml.safe_load((run / "dpo" / "config.yaml").read_text())["dpo"]["train"]["max_steps"] == 4
+    assert not list(run.glob(".*staging")) and not list((run / "mtbench").glob(".*"))  # nothing left half-done
 
 
 def test_run_refuses_changed_config_and_bad_stage_order(world, tmp_path):

@@ -13,7 +13,7 @@ import yaml
 from objectives.schema import validate
 from search.config import RunConfig, load_run_config, save_run_config
 from search.pipeline import owner_problems
-from search.preflight import config_diff, output_problems, ray_problems, storage_problems
+from search.preflight import config_diff, disk_problems, output_problems, ray_problems, storage_problems
 from search.rundir import RunDir
 
 BASE = {"name": "t", "space": {"base_model": "b", "models": [{"model": "x"}, {"model": "y"}]},
@@ -156,3 +156,9 @@ def test_a_study_records_its_config_and_refuses_another(tmp_path):
     assert study_owner_problems(cfg(search={"n_trials": 99, "storage": url}), url) == []
     [problem] = study_owner_problems(cfg(space={**BASE["space"], "merge_method": "ties"}), url)
     assert "space.merge_method" in problem and "study_name" in problem
+
+
+def test_disk_problems_name_the_place_and_the_space(tmp_path):
+    assert disk_problems(tmp_path / "run" / "dpo", 1, "the DPO stage's outputs") == []
+    [problem] = disk_problems(tmp_path / "run" / "dpo", 1 << 60, "the DPO stage's outputs")
+    assert str(tmp_path) in problem and "GiB free but about 1073741824.0 GiB are needed" in problem

@@ -41,7 +41,7 @@ from search import atomic
 from search.config import RunConfig, load_run_config
 from search.merge import remerge
 from search.merge.sources import model_folder_problems
-from search.preflight import output_problems
+from search.preflight import disk_problems, folder_bytes, output_problems
 from search.rundir import DPOOutputs, RunDir, TrialRecord
 from search.stages import prefdata
 from search.stages.base import StageContext
@@ -58,6 +58,7 @@ __all__ = [
     "SECTIONS",
     "PrefData",
     "data_problems",
+    "disk_need",
     "displacement_warning",
     "divergence",
     "heldout_scores",
@@ -91,8 +92,10 @@ class PrefData:
 
 
 def problems(cfg: RunConfig, run: RunDir) -> list[str]:
-    """The preference data (:func:`data_problems`) and the chat template the merge will train in."""
+    """The preference data (:func:`data_problems`), the chat template the merge will train in, and free disk
+    for its outputs (:func:`disk_need`)."""
     out = data_problems(cfg.dpo)
+    out += disk_problems(run.root, disk_need(cfg), "the DPO stage's outputs")
     if cfg.dpo.chat_template == "model":
         has, donor = merge_template(cfg.space)
         if has is False:
@@ -100,6 +103,14 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
                        "and space.chat_template is not set): set space.chat_template, or dpo.chat_template to "
                        "chatml")
     return out
+
+
+def disk_need(cfg: RunConfig) -> int:
+    """Bytes the DPO stage writes beside the earlier outputs it replaces (which stay until the swap): the
+    re-merged base and the merged DPO model, each about as large as the largest source, plus 20% of one for the
+    adapter, its checkpoints and the tokenizer."""
+    largest = max(folder_bytes(m) for m in [cfg.space.base_model, *(x.model for x in cfg.space.models)])
+    return int(largest * 2.2)
 
 
 def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:

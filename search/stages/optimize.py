@@ -205,7 +205,7 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
     if TrialAttr.STUDY_SOURCES not in study.user_attrs:
         study.set_user_attr(TrialAttr.STUDY_SOURCES, source_fingerprints(cfg))
     save_run_config(cfg, run.resolved_config)
-    run.write_manifest(RunManifest(storage=scfg.storage, study_name=study.study_name))
+    run.write_manifest(RunManifest(storage=RunDir.absolute_url(scfg.storage), study_name=study.study_name))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     orphans = fail_orphans(study, scfg.max_retries)
     if orphans:
