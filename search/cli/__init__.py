@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _warnings_to_stderr()
     _library_chatter(args.verbose)
+    signal.signal(signal.SIGTERM, _terminated)  # as Ctrl-C: stages stop where they can resume
     try:
         return int(args.func(args) or 0)
     except UserError as err:
@@ -91,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("merge-search: interrupted", file=sys.stderr)
         return 130
+
+
+def _terminated(*_) -> None:
+    raise KeyboardInterrupt
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -306,12 +306,18 @@ class Driver:
     def _on_sigint(self, *_: Any) -> None:
         self._stop += 1
 
+    def _on_sigterm(self, *_: Any) -> None:
+        """SIGTERM (a scheduler's preemption, ``kill``): stop now, as a second Ctrl-C does; the running trials
+        are marked failed (re-queued when the search is resumed)."""
+        self._stop = max(self._stop, 2)
+
     def run(self) -> DriverResult:
         """Run until ``n_trials`` trials of the study are finished (COMPLETE or PRUNED)."""
         import ray
 
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         old = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        old_term = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         view = ProgressView(self) if self.progress else None
         t_first, shown = None, 0.0
         try:
@@ -340,6 +346,8 @@ class Driver:
         finally:
             if old is not None:
                 signal.signal(signal.SIGINT, old)
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             for slot in self._slots:
                 self._kill(slot)
             self._pending.clear()
@@ -352,7 +360,7 @@ class Driver:
 
     def _abort(self) -> None:
         for run in self.running_trials():
-            self._fail(run, "interrupted: the search was stopped with a second Ctrl-C")
+            self._fail(run, "interrupted: the search was stopped (a second Ctrl-C, or SIGTERM)")
 
     def _fill_best(self) -> None:
         ranked = ranked_trials(self.study)

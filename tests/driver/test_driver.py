@@ -192,6 +192,22 @@ def test_orphans_killed_before_dispatch_lose_no_queued_recipe(tmp_path):
     assert again[2].system_attrs["fixed_params"] == params and again[2].user_attrs["attempt"] == 1
 
 
+def test_sigterm_stops_at_once_and_leaves_no_trial_running(tmp_path):
+    def terminate(number, rung, info):
+        if number == 2 and rung == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    worker = functools.partial(SimulatedWorker, items=(50, 100), seconds=0.3)
+    study, driver = make(tmp_path, n_trials=20, worker=worker, on_submit=terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    res = driver.run()
+    assert res.interrupted and signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert len(study.trials) <= 4
+    stopped = study.trials[2]
+    assert stopped.state == TrialState.FAIL and "SIGTERM" in stopped.user_attrs["fail_reason"]
+
+
 def test_ctrl_c_stops_asking_and_lets_running_trials_finish(tmp_path):
     def interrupt(number, rung, info):
         if number == 2 and rung == 0:
