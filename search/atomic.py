@@ -13,6 +13,7 @@ it leaves behind is a staging file or folder that the next attempt removes.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -45,8 +46,11 @@ def _remove(path: Path) -> None:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file beside it and one ``os.replace``: a reader (or a
-    later run after a kill) sees the old file or the new one, never a part."""
+    later run after a kill) sees the old file or the new one, never a part. Temporary files a killed writer left
+    for ``path`` are removed first."""
     path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed writer (one writer
+        stale.unlink(missing_ok=True)  # per folder holds the lock, so none is in use)
     tmp = _hidden(path, f"{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as f:

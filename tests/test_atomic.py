@@ -3,11 +3,18 @@ replaced in one rename."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import signal
+from pathlib import Path
 
 import pytest
 
+from objectives.errors import UserError
 from search import atomic
+from search.rundir import TrialRecord
+from tests.kill_writes import in_child
 
 
 def _tree(root):
@@ -61,3 +68,47 @@ def test_write_text_replaces_a_file_whole_and_leaves_no_temporary(tmp_path):
     atomic.write_json(tmp_path / "x.json", {"a": 1})
     assert path.read_text() == "new" and (tmp_path / "x.json").read_text() == '{\n "a": 1\n}\n'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.yaml", "x.json"]
+
+
+
+def _state(run: Path) -> dict:
+    """What a later run would accept: the export (or the refusal of a mixed pair), DPO's and MT-Bench's
+    results, after the recovery the next attempt makes."""
+    for target in (run / "dpo", run / "mtbench" / "merge", run / "mtbench" / "merge_dpo"):
+        atomic.recover(target)
+    try:
+        export = TrialRecord.load_export(run / "best.yaml").recipe.split("# ")[1].strip()
+    except UserError as err:
+        export = "refused" if "not from one export" in str(err) else str(err)
+    def tag(path: Path):
+        return json.loads(path.read_text())["tag"] if path.is_file() else None
+    return {"export": export, "dpo": tag(run / "dpo" / "metrics.json"),
+            "dpo_complete": sorted(p.name for p in (run / "dpo").iterdir()) if (run / "dpo").is_dir() else None,
+            "merge": tag(run / "mtbench" / "merge" / "scores.json"),
+            "merge_dpo": tag(run / "mtbench" / "merge_dpo" / "scores.json")}
+
+
+def test_a_sigkill_at_any_rename_leaves_old_or_new_results_never_a_mix(tmp_path):
+    """SIGKILL before and after each rename of export, DPO and MT-Bench writes (20+ points): every result is
+    the earlier complete one or the new complete one, a mixed export pair is refused, and the next attempt
+    finishes with everything new."""
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for _ in range(2):  # the second time over earlier results, as the attempts below
+        code, renames = in_child(ref, "old")
+        assert code == 0
+    assert renames >= 8  # 16+ kill points
+    complete = ["adapter", "base", "metrics.json", "model"]
+    for k in range(1, renames + 1):
+        for when in ("before", "after"):
+            run = tmp_path / f"k{k}{when}"
+            shutil.copytree(ref, run)
+            assert in_child(run, "new", k, when)[0] == -signal.SIGKILL, (k, when)
+            state = _state(run)
+            assert state["export"] in ("old", "new", "refused"), (k, when, state)
+            assert state["dpo"] in ("old", "new") and state["dpo_complete"] == complete, (k, when, state)
+            assert state["merge"] in ("old", "new") and state["merge_dpo"] in ("old", "new"), (k, when, state)
+            assert in_child(run, "new")[0] == 0
+            assert _state(run) == {"export": "new", "dpo": "new", "dpo_complete": complete, "merge": "new",
+                                   "merge_dpo": "new"}
+            assert not [p.name for p in run.rglob(".*")]  # no staging, old or temporary file left
