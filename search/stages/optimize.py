@@ -101,6 +101,21 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
                   else ("space.tokenizer_source", cfg.space.tokenizer_source))
     if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
         out.append(f"{field} {tok!r} is not a folder: give a model folder, 'base' or 'union'")
+    return out + token_source_problems(cfg)
+
+
+def token_source_problems(cfg: RunConfig) -> list[str]:
+    """``space.tokenizer.tokens`` entries whose embedding comes from a model that is not a source of the merge
+    (mergekit would fail every trial on it)."""
+    tokens = cfg.space.tokenizer.tokens if cfg.space.tokenizer else None
+    sources = {cfg.space.base_model, *(m.model for m in cfg.space.models)}
+    out = []
+    for token, spec in (tokens or {}).items():
+        src = spec.get("source") if isinstance(spec, dict) else None
+        model = src if isinstance(src, str) else src.get("model") if isinstance(src, dict) else None
+        if model is not None and model not in sources:
+            out.append(f"space.tokenizer.tokens[{token!r}].source names {model!r}, which is not a source of the merge: "
+                       "name space.base_model or one of space.models (as written there)")
     return out
 
 
