@@ -60,9 +60,26 @@ def comparison_table(all_scores: list[dict], names: list[str], baseline: int = 0
         told = ", ".join(f"{n} {c if c is not None else '?'}" for n, c in counts.items())
         lines.append(f"\n**The models were rated on different numbers of questions ({told}): their averages and "
                      "deltas are not comparable; rate them on the same question file.**")
+    lines += _measured_with_notes(all_scores, names, questions=len(set(counts.values())) == 1)
     if any(s.get("label") == STANDIN_LABEL for s in all_scores):
         lines.append(f"\n*{STANDIN_LABEL}.*")
     return "\n".join(lines) + "\n"
+
+
+def _measured_with_notes(all_scores: list[dict], names: list[str], questions: bool = True) -> list[str]:
+    """A bold note per part of ``measured_with`` (judge, judge prompts, and with ``questions`` the question set)
+    that differs between the models, naming each model's; scores without the record (older runs) are named as
+    unknown."""
+    notes = []
+    parts = (("judge", "judges"), ("prompts", "judge prompt sets")) + ((("questions", "question sets"),)
+                                                                       if questions else ())
+    for key, what in parts:
+        seen = {n: (s.get("measured_with") or {}).get(key) for n, s in zip(names, all_scores)}
+        if len(set(seen.values())) > 1:
+            told = "; ".join(f"{n}: {v or 'unknown'}" for n, v in seen.items())
+            notes.append(f"\n**The models were rated with different {what} ({told}): their scores are not "
+                         "comparable.**")
+    return notes
 
 
 def bar_chart(all_scores: list[dict], names: list[str], path: str | Path, title: str = "MT-Bench") -> Path:

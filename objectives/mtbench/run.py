@@ -8,6 +8,7 @@ finished answer and judge reply as it arrives, so a run that was interrupted res
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import logging
@@ -76,7 +77,7 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
                                                                    judge_scope(cfg.judge))
     replies = judge_answers(judge, questions, answers, prompts, cache=cache)
     write_json(out / REPLIES_FILE, replies)
-    scores = compute_scores(replies, questions)
+    scores = compute_scores(replies, questions) | {"measured_with": measured_with(cfg, questions, prompts)}
     write_json(out / SCORES_FILE, scores)
     if not rated(scores):
         n = scores["counts"]
@@ -84,6 +85,21 @@ def run_mtbench(cfg: MTBenchConfig, out_dir: str | Path, *, model: ChatModel | N
                         f"{n['unparsed_first_turn'] + n['unparsed_second_turn']} without a rating from 1 to 10; see "
                         f"{out / REPLIES_FILE}): check that the judge answers (mtbench.judge) and run again")
     return scores
+
+
+def measured_with(cfg: MTBenchConfig, questions, prompts: dict) -> dict:
+    """What a score depends on besides the model (``scores.json``'s ``measured_with``): the judge (backend and
+    model), the judge prompt set (its file or the built-in language, and a digest of its text) and the
+    question set (count and a digest of the questions' ids and turns). Scores measured with different ones are
+    not comparable (:func:`objectives.mtbench.compare.comparison_table` says so)."""
+    def digest(data) -> str:
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+    judge = cfg.judge.backend + (f":{cfg.judge.model}" if cfg.judge.model else "")
+    return {"judge": judge,
+            "prompts": (Path(cfg.judge.prompts).name if cfg.judge.prompts else f"built-in ({cfg.language})")
+                       + f" {digest(prompts)}",
+            "questions": f"{len(questions)} questions {digest([[q.question_id, q.turns] for q in questions])}"}
 
 
 def _save_rendered_prompt(model, questions, answers: dict, cfg: MTBenchConfig, out: Path) -> None:

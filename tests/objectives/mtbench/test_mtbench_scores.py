@@ -71,3 +71,34 @@ def test_comparison_says_when_the_question_sets_differ():
     assert "different numbers of questions" not in same
     mixed = comparison_table([scores(6, 6.0), scores(28, 6.5)], ["a", "b"])
     assert "different numbers of questions (a 6, b 28)" in mixed and "not comparable" in mixed
+
+
+def test_comparison_names_different_judges_prompt_sets_and_question_sets():
+    from objectives.mtbench.compare import comparison_table
+
+    def scores(**measured):
+        base = {"judge": "openai:gpt-4", "prompts": "judge_prompts_de.json 1a2b", "questions": "80 questions 9f"}
+        return {"categories": {"writing": 6.0}, "first_turn": 6.0, "second_turn": 6.0, "average": 6.0,
+                "counts": {"first_turn": 80, "second_turn": 80}, "measured_with": {**base, **measured}}
+
+    assert "not comparable" not in comparison_table([scores(), scores()], ["a", "b"])
+    table = comparison_table([scores(), scores(judge="standin", prompts="built-in (de) 77")], ["a", "b"])
+    assert "different judges (a: openai:gpt-4; b: standin)" in table
+    assert "different judge prompt sets (a: judge_prompts_de.json 1a2b; b: built-in (de) 77)" in table
+    assert "question sets" not in table
+    older = {k: v for k, v in scores().items() if k != "measured_with"}  # a scores.json of an older version
+    assert "b: unknown" in comparison_table([scores(questions="80 questions 00"), older], ["a", "b"])
+
+
+def test_scores_record_what_they_were_measured_with(tmp_path):
+    from objectives.mtbench.config import MTBenchConfig
+    from objectives.mtbench.prompts import builtin_prompts
+    from objectives.mtbench.questions import Question
+    from objectives.mtbench.run import measured_with
+
+    qs = [Question(question_id=1, category="writing", turns=["a?", "b?"])]
+    got = measured_with(MTBenchConfig(), qs, builtin_prompts("de"))
+    assert got["judge"] == "standin" and got["prompts"].startswith("built-in (de) ")
+    assert got["questions"].startswith("1 questions ")
+    other = [Question(question_id=1, category="writing", turns=["a?", "c?"])]
+    assert measured_with(MTBenchConfig(), other, builtin_prompts("de"))["questions"] != got["questions"]
