@@ -61,6 +61,39 @@ def _other_architecture(scene: Scene) -> Path:
     return dst
 
 
+def _damaged(scene: Scene, how: str) -> Path:
+    """A copy of zahlen damaged as downloads and hand edits damage models (issue 23's point 4)."""
+    if how == "path with spaces":
+        dst = scene.root / "zahlen copy"
+        if not dst.exists():
+            shutil.copytree(scene.world.experts["zahlen"], dst)
+        return dst
+    dst = copy_model(scene, how.replace(" ", "-"))
+    if how == "cut tokenizer" and (dst / "tokenizer.json").stat().st_size > 100:
+        text = (dst / "tokenizer.json").read_text()
+        (dst / "tokenizer.json").write_text(text[: len(text) // 2])
+    elif how == "broken template":
+        (dst / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }")
+    elif how == "missing shard" and (dst / "model.safetensors").exists():
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(dst / "model.safetensors"))
+        names = sorted(tensors)
+        shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+        for shard, part in shards.items():
+            save_file({n: tensors[n] for n in part}, str(dst / shard), metadata={"format": "pt"})
+        (dst / "model.safetensors.index.json").write_text(json.dumps(
+            {"metadata": {}, "weight_map": {n: shard for shard, part in shards.items() for n in part}}))
+        (dst / "model.safetensors").unlink()
+        (dst / "model-00002-of-00002.safetensors").unlink()
+    return dst
+
+
+def _with_source(s: Scene, how: str) -> list[str]:
+    return ["search", str(s.config_with(f"{how.replace(' ', '-')}.yaml", space__models__0__model=str(
+        _damaged(s, how)))), "--out", str(s.root / "never")]
+
+
 def _recipe_other_tokenizer(scene: Scene) -> str:
     data = {**recipe(scene.world), "tokenizer_source": "union", "parameters": {"int8_mask": True}}
     return str(scene.write("rtok.yaml", data))
@@ -104,6 +137,19 @@ CASES = [
     ("dpo-unknown-trainable-token", lambda s: ["dpo", str(s.config_with("dpot.yaml", dpo__lora__trainable_tokens=[
         "<|im_begin|>"], dpo__train__max_steps=1)), "--model", str(s.world.base), "--out", str(s.root / "never")],
      "dpo.lora.trainable_tokens"),
+    # damaged sources, refused before the study exists (issue 23)
+    ("truncated-tokenizer-json", lambda s: _with_source(s, "cut tokenizer"), "tokenizer.json does not load"),
+    ("broken-source-template", lambda s: _with_source(s, "broken template"),
+     "the chat template in chat_template.jinja does not render"),
+    ("sharded-source-missing-shard", lambda s: _with_source(s, "missing shard"),
+     "shard 'model-00002-of-00002.safetensors' named by model.safetensors.index.json is missing"),
+    ("source-path-with-spaces", lambda s: _with_source(s, "path with spaces"), "model paths with spaces"),
+    ("token-source-outside-the-merge", lambda s: ["search", str(s.config_with("tokens.yaml", space__tokenizer={
+        "source": "union", "tokens": {"<|im_end|>": {"source": "missing/model"}}})), "--out", str(s.root / "never")],
+     "tokens['<|im_end|>'].source names 'missing/model'"),
+    ("broken-dpo-template", lambda s: ["dpo", str(s.config_with("dpojinja.yaml", dpo__chat_template="{% if x %}")),
+                                       "--model", str(s.world.base), "--out", str(s.root / "never")],
+     "dpo.chat_template: the chat template does not work"),
 ]
 
 
