@@ -13,6 +13,7 @@ import pydantic
 from objectives.errors import UserError, did_you_mean
 from objectives.schema import ConfigProblems, Strict, refused_key
 from objectives.templates import resolve_chat_template
+from search.stages.pref_layouts import COLUMN_ROLES
 
 __all__ = ["BEST_METRICS", "DPOStageConfig", "DataSection", "LOSS_TYPES", "LoraSection", "QuantSection",
            "TrainSection"]
@@ -32,6 +33,10 @@ class DataSection(Strict):
     heldout: str | None = None  # given held-out set; None: split off ``heldout_fraction`` of ``train``
     split: str = "train"  # dataset split of ``train`` when it is a Hugging Face id
     heldout_split: str = "test"  # dataset split of ``heldout`` when it is a Hugging Face id
+    columns: dict[str, str] | None = pydantic.Field(None, description=(
+        "the dataset's own column names mapped onto a known layout, `{role: column}` with roles system, question, "
+        "prompt, instruction, input, output, conversations, chosen, rejected (e.g. `{prompt: frage, chosen: gut, "
+        "rejected: schlecht}`); None: the layout is detected (orca, alpaca/sharegpt ranking, trl, conversations)"))
     heldout_fraction: float = pydantic.Field(0.1, gt=0.0, lt=1.0)
     split_seed: int = 0
     bad_rows: Literal["skip", "fail"] = "skip"
@@ -40,6 +45,15 @@ class DataSection(Strict):
     heldout_eval_rows: int = pydantic.Field(256, ge=1, description=(
         "held-out pairs the trainer evaluates every `train.eval_steps` to pick the best checkpoint (the first N); "
         "the checks before and after training score every held-out pair"))
+
+
+    @pydantic.field_validator("columns")
+    @classmethod
+    def _known_roles(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        unknown = sorted(set(value or {}) - set(COLUMN_ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {unknown}: map columns to {list(COLUMN_ROLES)}")
+        return value
 
 
 class LoraSection(Strict):

@@ -152,7 +152,7 @@ def in_transaction(out: DPOOutputs, work: Callable[[DPOOutputs], dict]) -> dict:
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:
     rows = prefdata.load_rows(source, split=split)
-    pairs, numbers, bad = prefdata.normalise(rows, source)
+    pairs, numbers, bad = prefdata.normalise(rows, source, cfg.data.columns)
     pairs, numbers = prefdata.check_lengths(pairs, numbers, tokenizer, cfg.train.max_length, bad)
     if bad.count:
         if cfg.data.bad_rows == "fail":
@@ -188,15 +188,21 @@ def data_problems(cfg: DPOStageConfig) -> list[str]:
         return ["dpo.data.train is not set: give a .json/.jsonl/.parquet file or a Hugging Face dataset id "
                 "with system/question/chosen/rejected or prompt/chosen/rejected columns"]
     problems = []
-    for key, source in (("dpo.data.train", cfg.data.train), ("dpo.data.heldout", cfg.data.heldout)):
+    for key, source, split in (("dpo.data.train", cfg.data.train, cfg.data.split),
+                               ("dpo.data.heldout", cfg.data.heldout, cfg.data.heldout_split)):
         if not source:
             continue
         local = source.startswith((".", "/", "~")) or Path(source).suffix
         if local and not Path(source).expanduser().is_file():
             problems.append(f"{key} {source!r} does not exist: give a .json/.jsonl/.parquet file or a dataset id")
-        elif Path(source).suffix.lower() in prefdata.FILE_TYPES:
+            continue
+        if not local and not prefdata.in_hub_cache(source):
+            log(f"{key} {source!r} is a hub dataset not in the local cache: not checked offline (its columns are "
+                "read when the DPO stage downloads it)")
+            continue
+        if Path(source).suffix.lower() in prefdata.FILE_TYPES or not local:
             try:
-                prefdata.normalise(prefdata.load_rows(source), source)
+                prefdata.normalise(prefdata.load_rows(source, split=split), source, cfg.data.columns)
             except UserError as err:
                 problems.append(str(err))
     return problems

@@ -1,11 +1,8 @@
 """German preference data for the DPO stage: load, normalise to trl's conversational layout, check, split.
 
-Accepted column layouts (detected from the columns; extra columns are ignored):
-
-- ``orca``: ``system`` (optional, may be empty), ``question``, ``chosen``, ``rejected`` — the layout of
-  orca_dpo_pairs and its German translation orca_dpo_pairs_de;
-- ``trl``: ``prompt``, ``chosen``, ``rejected`` — strings (wrapped as a user message and an assistant answer)
-  or conversational (``prompt`` a list of messages, ``chosen``/``rejected`` lists of assistant messages).
+The accepted row layouts (orca, LLaMA-Factory's alpaca and sharegpt ranking layouts, trl's explicit and
+implicit-prompt layouts, UltraFeedback-binarized) are detected from the columns
+(:mod:`search.stages.pref_layouts`); ``dpo.data.columns`` maps a dataset's own column names onto them.
 
 Every row becomes ``{"prompt": [messages], "chosen": [assistant message], "rejected": [assistant message]}``, so
 trl's ``DPOTrainer`` and :func:`objectives.preference.preference_scores` render it with the model's chat
@@ -26,6 +23,7 @@ from typing import Any
 from objectives.errors import UserError
 from objectives.preference import encode_pair
 from objectives.templates import CHATML_TEMPLATE
+from search.stages.pref_layouts import LAYOUTS, detect_layout, rename_columns, row_pair
 
 __all__ = [
     "FILE_TYPES",
@@ -34,14 +32,14 @@ __all__ = [
     "BadRows",
     "Pair",
     "check_lengths",
+    "detect_layout",
+    "in_hub_cache",
     "load_rows",
     "normalise",
     "split_heldout",
 ]
 
 Pair = dict[str, Any]
-
-LAYOUTS = {"orca": ("question", "chosen", "rejected"), "trl": ("prompt", "chosen", "rejected")}
 
 _FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 FILE_TYPES = tuple(_FILE_BUILDERS)  # suffixes of local preference files
@@ -101,6 +99,16 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
     return list(ds)
 
 
+def in_hub_cache(dataset_id: str) -> bool:
+    """Whether a Hugging Face dataset id has files in the local hub cache (checked without the network)."""
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        return any(r.repo_type == "dataset" and r.repo_id == dataset_id for r in scan_cache_dir().repos)
+    except Exception:  # noqa: BLE001 -- no cache folder yet, or an unreadable one: nothing cached
+        return False
+
+
 def _check_jsonl(path: Path, source: str) -> None:
     """An empty JSONL file, or a line that is not one JSON object, named by its line number."""
     import json
@@ -126,73 +134,24 @@ def _check_jsonl(path: Path, source: str) -> None:
         raise UserError(f"preference data {source!r} has no rows: give a file with at least one preference pair")
 
 
-def detect_layout(columns: set[str], source: str) -> str:
-    """``"orca"`` or ``"trl"`` from the column names; anything else is a :class:`UserError`."""
-    for name, needed in LAYOUTS.items():
-        if set(needed) <= columns:
-            return name
-    raise UserError(
-        f"preference data {source!r}: unknown column layout {sorted(columns)}: expected columns "
-        "system/question/chosen/rejected (orca_dpo_pairs_de) or prompt/chosen/rejected (trl)"
-    )
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _messages(value: Any) -> list[dict] | None:
-    """A list of ``{"role", "content"}`` messages with non-empty content, else ``None``."""
-    if not isinstance(value, list) or not value:
-        return None
-    msgs = []
-    for m in value:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or _text(m.get("content")) is None:
-            return None
-        msgs.append({"role": m["role"], "content": m["content"]})
-    return msgs
-
-
-def _row_pair(row: dict[str, Any], layout: str) -> tuple[Pair | None, str | None]:
-    """The normalised pair of one row, or ``(None, reason)``."""
-    if layout == "orca":
-        question, system = _text(row.get("question")), _text(row.get("system"))
-        if question is None:
-            return None, "missing or empty question"
-        prompt = ([{"role": "system", "content": row["system"]}] if system else []) + \
-                 [{"role": "user", "content": row["question"]}]
-    elif isinstance(row.get("prompt"), list):
-        prompt = _messages(row["prompt"])
-        if prompt is None:
-            return None, "missing or empty prompt messages"
-    else:
-        if _text(row.get("prompt")) is None:
-            return None, "missing or empty prompt"
-        prompt = [{"role": "user", "content": row["prompt"]}]
-    pair: Pair = {"prompt": prompt}
-    for key in ("chosen", "rejected"):
-        value = row.get(key)
-        if isinstance(value, list):
-            msgs = _messages(value)
-        else:
-            msgs = [{"role": "assistant", "content": value}] if _text(value) else None
-        if msgs is None:
-            return None, f"missing or empty {key}"
-        pair[key] = msgs
-    if pair["chosen"] == pair["rejected"]:
-        return None, "chosen == rejected"
-    return pair, None
-
-
-def normalise(rows: list[dict[str, Any]], source: str) -> tuple[list[Pair], list[int], BadRows]:
-    """Normalise ``rows`` to conversational pairs: ``(pairs, their 1-based row numbers, bad rows)``."""
+def normalise(rows: list[dict[str, Any]], source: str,
+              columns: dict[str, str] | None = None) -> tuple[list[Pair], list[int], BadRows]:
+    """Normalise ``rows`` to conversational pairs: ``(pairs, their 1-based row numbers, bad rows)``;
+    ``columns`` (``{role: column}``, ``dpo.data.columns``) renames the dataset's columns first."""
     if not rows:
         raise UserError(f"preference data {source!r} has no rows: give a file with at least one preference pair")
+    if columns:
+        present = set().union(*(r.keys() for r in rows))
+        missing = sorted(c for c in columns.values() if c not in present)
+        if missing:
+            raise UserError(f"preference data {source!r}: dpo.data.columns names {missing}, which it does not have "
+                            f"(its columns: {sorted(present)}): fix the mapping")
+    rows = [rename_columns(r, columns) for r in rows]
     layout = detect_layout(set().union(*(r.keys() for r in rows)), source)
     bad = BadRows(source, total=len(rows))
     pairs, numbers = [], []
     for i, row in enumerate(rows, start=1):
-        pair, reason = _row_pair(row, layout)
+        pair, reason = row_pair(row, layout)
         if pair is None:
             bad.add(reason, i)
         else:

@@ -131,4 +131,5 @@ def test_cli_errors_exit_2(tmp_path, world, capsys, monkeypatch):
                  "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err
     assert "re-merged (seed 0, cpu) to weights_sha256" in err and "0" * 64 in err
-    assert (tmp_path / "c" / "base" / "merge.json").is_file()
+    assert (tmp_path / ".c.staging" / "base" / "merge.json").is_file()  # kept for a look, beside the output
+    assert not (tmp_path / "c").exists()  # a failed stage swaps nothing in
