@@ -2,18 +2,29 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 TORCH_VERSION := 2.13.0
+# Which torch build: cuda where nvidia-smi sees a GPU, else cpu (override: make install TORCH_VARIANT=cpu).
+# TORCH_INDEX: a PyTorch wheel index to take it from (e.g. https://download.pytorch.org/whl/cu128); default: PyPI,
+# whose Linux wheel is the CUDA build (on this project's CPU machines pip finds the CPU build on disk first).
+TORCH_VARIANT ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+TORCH_INDEX ?=
+STAMP := $(VENV)/.installed-$(TORCH_VARIANT)
+TORCH_IS = $(BIN)/python -c "import sys, torch; sys.exit(('cuda' if torch.version.cuda else 'cpu') != '$(TORCH_VARIANT)')"
+TORCH_PIP = $(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
 .PHONY: install demo test test-fast lint clean-world
 
 install: $(STAMP)
 
+# Re-made when pyproject.toml or the torch variant changes: a CPU venv on a GPU host gets the CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(TORCH_PIP)
+	$(TORCH_IS) || $(TORCH_PIP) --force-reinstall --no-deps
+	$(TORCH_IS) || { echo "torch is not the $(TORCH_VARIANT) build: set TORCH_INDEX to the PyTorch index of that build (see README)" >&2; exit 1; }
 	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 # The whole pipeline on the demo world (built into results/demo-world when missing): search, held-out,
