@@ -20,6 +20,7 @@ from objectives.mtbench.client import HttpSettings
 from objectives.mtbench.compare import bar_chart, comparison_table, load_scores
 from objectives.mtbench.config import MTBenchConfig
 from objectives.mtbench.generate import EndpointChatModel, LocalChatModel
+from objectives.mtbench.prompts import load_prompts
 from objectives.mtbench.questions import source_problems as question_problems
 from objectives.mtbench.run import CACHE_DIR, SCORES_FILE, rated, run_mtbench
 from objectives.schema import load_yaml, validate
@@ -42,8 +43,14 @@ SECTIONS = ("mtbench",)
 
 
 def problems(cfg: RunConfig, run: RunDir) -> list[str]:
-    """The question set, the configured chat template, and the models that would answer without a template."""
+    """The question set, the judge prompts file, the configured chat template, and the models that would answer
+    without a template."""
     out = question_problems(cfg.mtbench.questions)
+    if cfg.mtbench.judge.prompts:
+        try:
+            load_prompts(cfg.mtbench.judge.prompts)
+        except UserError as err:
+            out.append(f"mtbench.judge.prompts: {err}")
     try:
         _template(cfg.mtbench)
     except UserError as err:

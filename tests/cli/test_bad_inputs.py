@@ -109,6 +109,8 @@ CASES = [
      "different config"),
     ("other-config-run-from", lambda s: ["run", str(s.config_with("other2.yaml", space__parameters={"int8_mask": False})),
                                          "--out", str(s.run), "--from", "search"], "space.parameters.int8_mask"),
+    ("missing-judge-prompts", lambda s: ["run", str(s.config_with("prompts.yaml", mtbench__judge__prompts=str(
+        s.root / "judge_prompts_de.json"))), "--out", str(s.root / "never")], "mtbench.judge.prompts: judge prompts file"),
     ("only-after-a-stale-stage", lambda s: ["run", str(s.config_with("dpochange.yaml", dpo__train__max_steps=3)),
                                             "--out", str(s.finished_through("dpo")), "--only", "mtbench"],
      "stage 'dpo' is stale (dpo.train.max_steps changed): re-run from stage 'dpo'"),

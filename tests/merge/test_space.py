@@ -18,7 +18,7 @@ HUB = {
     "base_model": "mistralai/Mistral-7B-v0.1",
     "models": [
         {"model": "DiscoResearch/DiscoLM_German_7b_v1", "name": "disco"},
-        {"model": "DRXD1000/Phoenix"},
+        {"model": "DRXD1000/Phoenix-7B", "name": "Phoenix"},
         {"model": "OpenPipe/mistral-ft-optimized-1227"},
     ],
     "parameters": {"int8_mask": True},
@@ -135,7 +135,7 @@ def test_recipes_that_do_not_fit_the_space_are_rejected():
     recipe = yaml.safe_load((RECIPES / "discophoenix.yaml").read_text())
     narrow = space(models=[{"model": "DiscoResearch/DiscoLM_German_7b_v1", "name": "disco",
                             "parameters": {"density": {"low": 0.7, "high": 1.0}}},
-                           {"model": "DRXD1000/Phoenix"}, {"model": "OpenPipe/mistral-ft-optimized-1227"}])
+                           {"model": "DRXD1000/Phoenix-7B", "name": "Phoenix"}, {"model": "OpenPipe/mistral-ft-optimized-1227"}])
     with pytest.raises(UserError, match=r"disco.density=0.6 is outside the space range \[0.7, 1.0\]"):
         params_from_recipe(narrow, recipe)
     with pytest.raises(UserError, match="fixes int8_mask=False"):
