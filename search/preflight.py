@@ -44,6 +44,7 @@ __all__ = [
 
 # How much is run, not what a trial computes: a search may be extended or run wider with another value.
 RESOURCE_KEYS = {"search.n_trials", "search.workers", "search.worker_cpus", "search.worker_gpus",
+                 "space.cache_sources",  # where source tensors live between merges; the weights are identical
                  "search.max_retries", "search.max_failures_in_a_row",
                  "objective.threads",  # trials run at Ray's pinning; only held-out/evaluate read it
                  "objective.chat.max_judge_calls", "objective.chat.judge.concurrency"}  # what the chat judge may spend

@@ -28,6 +28,7 @@ from search.merge import mergekit_compat as mk
 from search.merge.hashing import weights_sha256
 from search.merge.recipe_value import Recipe
 from search.merge.sources import source_problems
+from search.merge.memory import resolve_cache_sources
 
 __all__ = ["MergeError", "MergeResult", "ResidentMerger", "reseed"]
 
@@ -127,12 +128,16 @@ class ResidentMerger:
                    shape=recipe)
 
     @classmethod
-    def from_space(cls, space, *, device: str = "cpu") -> ResidentMerger:
-        """A merger for every model of a :class:`search.space.SpaceConfig` (its tokenizer settings included)."""
-        return cls(space.base_model, [m.model for m in space.models], device=device,
+    def from_space(cls, space, *, device: str = "cpu", workers_per_device: float = 1.0) -> ResidentMerger:
+        """A merger for every model of a :class:`search.space.SpaceConfig` (its tokenizer settings included);
+        ``cache_sources: auto`` is decided by :func:`search.merge.memory.resolve_cache_sources` for a worker
+        that shares ``device`` with ``workers_per_device - 1`` others."""
+        models = [space.base_model, *(m.model for m in space.models)]
+        cache = resolve_cache_sources(space.cache_sources, models, space.out_dtype or space.dtype, device,
+                                      workers_per_device)
+        return cls(space.base_model, models[1:], device=device,
                    dtype=space.out_dtype or space.dtype, tokenizer_source=space.tokenizer_source,
-                   tokenizer=space.tokenizer_dict(), chat_template=space.chat_template,
-                   cache_sources=space.cache_sources)
+                   tokenizer=space.tokenizer_dict(), chat_template=space.chat_template, cache_sources=cache)
 
     def _setup(self, config) -> None:
         """Make the resident model and tokenizer the output of ``config`` (rebuilt only when its shape changes)."""

@@ -78,7 +78,10 @@ class MergeEvalWorker:
         if self.config.objective.selection == "informative" and self.matrix is None:
             raise ValueError("objective.selection 'informative' needs the sources' item matrix "
                              "(search.stages.selection.item_matrix)")
-        self.merger = ResidentMerger.from_space(self.config.space, device=self.config.device)
+        scfg, cuda = self.config.search, self.config.device.startswith("cuda")
+        sharing = 1 / scfg.worker_gpus if cuda and scfg.worker_gpus else 1.0 if cuda else scfg.workers
+        self.merger = ResidentMerger.from_space(self.config.space, device=self.config.device,
+                                                workers_per_device=sharing)
         self.objective = Objective(self.config.objective, matrix=self.matrix, chat_cache=self.chat_cache)
         return WorkerSetup(rungs=len(self.config.objective.rungs), device=self.config.device)
 
