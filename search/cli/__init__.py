@@ -30,6 +30,7 @@ __all__ = ["build_parser", "main"]
 # break the others. Order is the order shown in ``--help``.
 COMMAND_MODULES = [
     "search.cli.run",  # run: every stage in order
+    "search.cli.check",  # check: what can be verified before a run
     "search.cli.study",  # search, dashboard, export
     "search.cli.merge",  # merge, hash
     "search.cli.evaluate",
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _warnings_to_stderr()
     _library_chatter(args.verbose)
+    _offline_when_unreachable(args.verbose)
     signal.signal(signal.SIGTERM, _terminated)  # as Ctrl-C: stages stop where they can resume
     try:
         return int(args.func(args) or 0)
@@ -93,6 +95,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("merge-search: interrupted", file=sys.stderr)
         return 130
+
+
+def _offline_when_unreachable(verbose: bool) -> None:
+    """When the Hugging Face Hub cannot be reached (and nobody said whether to be offline), work offline: the
+    libraries then answer "not in the cache" at once instead of after minutes of retries per file. Set before
+    they are imported (the sub-commands import them lazily)."""
+    from search.merge.sources import hub_reachable
+
+    if "HF_HUB_OFFLINE" in os.environ or "huggingface_hub" in sys.modules or hub_reachable():
+        return
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if verbose:
+        print("merge-search: huggingface.co cannot be reached: working offline (HF_HUB_OFFLINE=1)", file=sys.stderr)
 
 
 def _terminated(*_) -> None:

@@ -45,7 +45,11 @@ def _local(model: str | Path) -> Path:
 def header_params(folder: str | Path) -> int:
     """Number of parameters in a model folder's ``*.safetensors`` files (or a cached hub id's), from their
     headers only."""
-    files = sorted(_local(folder).glob("*.safetensors"))
+    local = _local(folder)
+    if not local.is_dir():
+        raise UserError(f"{str(folder)!r} is neither a local folder nor in the Hugging Face cache: no headers to "
+                        "plan from (download it first)")
+    files = sorted(local.glob("*.safetensors"))
     if not files:
         raise UserError(f"{str(folder)!r} holds no *.safetensors files: a memory plan needs the sources' headers")
     total = 0
@@ -87,15 +91,18 @@ class MemoryPlan:
         return self.candidate + self.candidate // 10 + self.evaluation + self.overhead
 
     def lines(self, available: int | None = None) -> list[str]:
-        gib = 1 << 30
-        out = [f"cache_sources: true  needs {self.cached / gib:.1f} GiB per worker (sources {self.sources / gib:.1f}, "
-               f"candidate {self.candidate / gib:.1f}, evaluation {self.evaluation / gib:.1f}, overhead "
-               f"{self.overhead / gib:.1f})",
-               f"cache_sources: false needs {self.streamed / gib:.1f} GiB per worker (sources re-read every trial)"]
+        out = [f"cache_sources: true needs {_size(self.cached)} per worker (sources {_size(self.sources)}, "
+               f"candidate {_size(self.candidate)}, evaluation {_size(self.evaluation)}, overhead "
+               f"{_size(self.overhead)})",
+               f"cache_sources: false needs {_size(self.streamed)} per worker (sources re-read every trial)"]
         if available is not None:
-            out.append(f"available per worker: {available / gib:.1f} GiB -> auto picks "
+            out.append(f"available per worker: {_size(available)} -> auto picks "
                        f"{'true' if self.cached <= available else 'false'}")
         return out
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
 
 
 def plan(models: list[str | Path], dtype: str | None, *, device: str = "cpu") -> MemoryPlan:

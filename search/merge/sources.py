@@ -8,12 +8,14 @@ problems, and the pre-flight checks (:mod:`search.preflight`) report them before
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from search.merge import mergekit_compat as mk
 from search.merge.source_files import path_problems, shard_problems, tokenizer_problems
 
-__all__ = ["has_chat_template", "is_local", "model_folder_problems", "source_problems"]
+__all__ = ["has_chat_template", "hub_problems", "hub_reachable", "in_hub_cache", "is_local",
+           "model_folder_problems", "source_problems"]
 
 _CONVERT = ("convert it once with transformers: AutoModelForCausalLM.from_pretrained(DIR)"
             ".save_pretrained(NEW_DIR, safe_serialization=True), and name NEW_DIR instead")
@@ -68,7 +70,7 @@ def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
         elif is_local(m):
             found = [f"model folder {m!r} does not exist: pass an existing model folder or a hub id (owner/name)"]
         else:
-            found = []
+            found = hub_problems(m)
         if not found:
             try:
                 refs[m] = mk.model_ref(m)
@@ -78,10 +80,43 @@ def source_problems(base_model: str, models: list[str], *, device: str = "cpu",
                          "folder, or a hub id that is downloaded/cached"]
         problems += found
     if base_model in refs:
-        problems += _compatibility(base_model, refs, trust_remote_code, vocabulary is not None)
+        try:
+            problems += _compatibility(base_model, refs, trust_remote_code, vocabulary is not None)
+        except OSError as err:  # a hub id whose files cannot be fetched (offline, gated without a token)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return problems + [f"cannot read the sources' configs ({first[:200]}): download the models into the "
+                               "Hugging Face cache first, or give HF_TOKEN for gated ones"]
     if vocabulary == "union" and base_model in refs and not problems:
         problems += _union_problems(base_model, refs, trust_remote_code)
     return problems
+
+
+def in_hub_cache(model: str) -> bool:
+    """Whether a hub id's config is in the local Hugging Face cache (never downloaded)."""
+    return _model_file(model, "config.json") is not None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection (False at once with ``HF_HUB_OFFLINE=1``)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_problems(model: str) -> list[str]:
+    """A hub id that is neither in the local cache nor downloadable from here: named at once, instead of
+    minutes of retries and a traceback."""
+    if in_hub_cache(model) or hub_reachable():
+        return []
+    return [f"model {model!r} is not in the local Hugging Face cache and the hub cannot be reached from here: "
+            f"download it first (huggingface-cli download {model}; gated models need HF_TOKEN and an accepted "
+            "licence) into the cache the workers read (HF_HOME)"]
 
 
 def _union_problems(base_model: str, refs: dict, trust_remote_code: bool) -> list[str]:
