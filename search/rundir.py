@@ -14,7 +14,7 @@ through :class:`TrialRecord`.
     RUN/best.yaml, best.json        the winner as a stock mergekit recipe + its TrialRecord sidecar
     RUN/dpo/                        DPOOutputs: base/ (re-merged winner), adapter/, model/, metrics.json, ...
     RUN/mtbench/<model>/            one MT-Bench run per model, comparison.{md,png} beside them
-    RUN/report.md, plots/           the report
+    RUN/report.md, plots/           the report; ship.json (the model to ship), model-card.md
     RUN/stages/<stage>.json         completion markers of ``merge-search run``
 
 Records: :class:`TrialAttr` names every user attribute a trial carries (set by the driver, and from a worker's
@@ -315,6 +315,10 @@ class RunDir:
     @property
     def chat_judgements(self) -> Path:  # objective.chat's judgement cache, shared by the search's workers
         return self.root / "chat-judgements.jsonl"
+
+    @property
+    def model_card(self) -> Path:  # the exported winner's card (recipe, sources and licences, scores)
+        return self.root / "model-card.md"
 
     @property
     def ship_json(self) -> Path:  # the model to ship and why (search.stages.verdict.ShipDecision)

@@ -90,7 +90,7 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     for rel in ["study.db", "resolved.yaml", "best.yaml", "best.json", "heldout.json", "heldout.md",
                 "dpo/metrics.json", "dpo/loss.png", "dpo/model/config.json", "mtbench/comparison.md",
                 "mtbench/comparison.png", "mtbench/merge/scores.json", "mtbench/merge_dpo/scores.json",
-                "report.md", "plots/optimization_history.png", "plots/search_vs_test.png"]:
+                "report.md", "model-card.md", "plots/optimization_history.png", "plots/search_vs_test.png"]:
         assert (run / rel).is_file(), rel
     best = json.loads((run / "best.json").read_text())
     assert best["trial"] in {t.number for t in after if t.state == TrialState.COMPLETE}

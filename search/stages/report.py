@@ -28,7 +28,8 @@ from search.rundir import RunDir, TrialRecord
 from search.stages.base import StageContext
 from search.stages.heldout_report import HeldoutReport
 from search.stages.plots import history_figure, parameter_figure
-from search.stages.verdict import ShipDecision, ship_decision, stage_verdicts
+from search.stages.verdict import ShipDecision, chat_scores, ship_decision, stage_verdicts
+from search.stages.model_card import write_model_card
 
 __all__ = ["NAME", "SECTIONS", "headline", "problems", "run", "write_report"]
 
@@ -240,6 +241,11 @@ def write_report(run: str | Path, study=None) -> Path:
     lines = [f"# merge-search report: {run.root.name}", ""]
     heldout, best = _heldout(run), _best(run)
     lines += ["## Verdict", ""] + _verdict_section(run, best.number if best else None)
+    if best:
+        ship = ship_decision(run)
+        chat = chat_scores(run)
+        write_model_card(run, run.root.name, best, ship.to_json() if ship else None, chat.scores, chat.measure)
+        lines += [f"Model card for publishing the merge: [{run.model_card.name}]({run.model_card.name}).", ""]
     lines += ["## Search", ""]
     if study is not None:
         lines += _study_section(study, plots)
