@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from objectives.errors import UserError
+from search.cli import types
 from search.config import load_run_config
 from search.pipeline import run_pipeline, stage_names
 from search.stages.report import headline
@@ -15,6 +16,7 @@ __all__ = ["register"]
 def _cmd(args: argparse.Namespace) -> int:
     if args.from_stage and args.only:
         raise UserError("--from and --only exclude each other: pass one of them")
+    types.refuse_other_writer(args.config, args.out)
     run = run_pipeline(load_run_config(args.config), args.out, from_stage=args.from_stage, only=args.only,
                        address=args.address)
     print(f"\nreport: {run.report}")

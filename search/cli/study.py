@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from objectives.errors import UserError
+from search.cli import types
 from search.config import load_run_config
 from search.driver.study import load_study, resolve_storage
 from search.preflight import raise_problems, storage_problems
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    types.refuse_other_writer(args.config, args.out)
     cfg = load_run_config(args.config)
     override = {k: v for k, v in (("n_trials", args.n_trials), ("workers", args.workers)) if v is not None}
     for key, value in override.items():

@@ -334,7 +334,7 @@ def _fail_diverged(cause: str, cfg: DPOStageConfig, out: DPOOutputs) -> None:
     lr = cfg.train.learning_rate
     raise UserError(f"dpo: training diverged ({cause}): lower dpo.train.learning_rate (now {lr:g}, try "
                     f"{lr / 10:g}) or raise dpo.train.warmup_ratio, then run the stage again (no model or metrics "
-                    f"were written to {str(out.root)!r})")
+                    f"were kept; the trainer's log: {str(out.log_history)!r})")
 
 
 def run_dpo(cfg: DPOStageConfig, base: str | Path, out: str | Path, *,

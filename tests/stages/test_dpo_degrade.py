@@ -75,6 +75,7 @@ def test_diverged_dpo_fails_its_stage_in_one_line(world, tmp_path, capsys):
     assert last.startswith("merge-search: error: dpo: training diverged (")
     assert "lower dpo.train.learning_rate (now 1e+30, try 1e+29)" in last
     assert not (run / "stages" / "dpo.json").exists()  # not done: the next run trains again
-    assert not (run / "dpo" / "metrics.json").exists() and not (run / "dpo" / "model").exists()
-    assert (run / "dpo" / "log_history.json").is_file()  # where it went wrong
+    assert not (run / "dpo").exists()  # nothing swapped in
+    assert (run / ".dpo.staging" / "log_history.json").is_file()  # where it went wrong, named in the error
+    assert str(run / ".dpo.staging" / "log_history.json") in last
     assert {p: p.read_bytes() for p in earlier} == earlier  # earlier results untouched
