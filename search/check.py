@@ -20,7 +20,6 @@ request): the MT-Bench stage probes it before answering (``mtbench.judge.probe``
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from objectives.errors import UserError
 from search.config import RunConfig
 from search.merge.memory import available_bytes, plan
 from search.merge.sources import is_local
+from search.nodes import describe, facts, machine_problems
 from search.preflight import device_problems, local_models, output_problems, ray_problems
 from search.rundir import RunDir
 
-__all__ = ["CheckRow", "check_config", "format_rows", "machine_facts"]
+__all__ = ["CheckRow", "check_config", "format_rows"]
 
 OK, FAILED, MISSING, OFFLINE = "ok", "failed", "missing", "not checked offline"
 
@@ -64,6 +64,7 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
         rows += _rows(f"stage {stage.NAME}", problems)
     rows += [_source_row(m) for m in models]
     rows += _memory_rows(cfg, models)
+    rows += _judge_rows(cfg)
     rows += _machine_rows(cfg, models, address)
     return rows
 
@@ -99,60 +100,42 @@ def _memory_rows(cfg: RunConfig, models: list[str]) -> list[CheckRow]:
                      + "; ".join(p.lines(available)))]
 
 
-def machine_facts(paths: list[str], disk_at: str) -> dict:
-    """What one machine can run: torch build, CUDA visibility, GPUs and their free memory, free disk at
-    ``disk_at``, and which of the local ``paths`` exist there (run on every Ray node by ``check``)."""
-    import socket
-
-    import torch
-
-    gpus = []
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            free, total = torch.cuda.mem_get_info(i)
-            gpus.append({"name": torch.cuda.get_device_name(i), "free": free, "total": total})
-    probe = Path(disk_at).expanduser().absolute()
-    existing = next((a for a in [probe, *probe.parents] if a.is_dir()), Path("/"))
-    return {"host": socket.gethostname(), "torch": torch.__version__, "cuda_build": torch.version.cuda,
-            "gpus": gpus, "disk_free": shutil.disk_usage(existing).free,
-            "missing": [p for p in paths if not Path(p).expanduser().exists()]}
-
-
-def _machine_rows(cfg: RunConfig, models: list[str], address: str | None) -> list[CheckRow]:
-    local = [m for m in models if is_local(m)]
-    if address and not ray_problems(address):
-        facts = _cluster_facts(address, local, os.getcwd())
-    else:
-        facts = [machine_facts(local, os.getcwd())]
+def _judge_rows(cfg: RunConfig) -> list[CheckRow]:
+    """An OpenAI-compatible judge: its endpoint's model list (``GET /models``, free) answers with the key."""
+    judges = [("mtbench judge", cfg.mtbench.judge)]
+    if cfg.objective.chat:
+        judges.append(("chat objective judge", cfg.objective.chat.judge))
     rows = []
-    for f in facts:
-        gib = 1 << 30
-        gpus = ", ".join(f"{g['name']} {g['free'] / gib:.0f}/{g['total'] / gib:.0f} GiB free" for g in f["gpus"])
-        detail = (f"torch {f['torch']} ({'CUDA ' + f['cuda_build'] if f['cuda_build'] else 'CPU build'}); "
-                  f"GPUs: {gpus or 'none'}; {f['disk_free'] / gib:.0f} GiB free disk")
-        problems = []
-        if cfg.device == "cuda" and not f["gpus"]:
-            problems.append("device is cuda but this machine's torch sees no GPU" + (
-                " (a CPU build of torch: make install TORCH_VARIANT=cuda)" if not f["cuda_build"] else ""))
-        if f["missing"]:
-            problems.append(f"source folders missing here: {f['missing']}")
-        status = FAILED if problems else OK
-        rows.append(CheckRow(f"machine {f['host']}", status, "; ".join(problems + [detail])))
+    for what, judge in judges:
+        if judge.backend != "openai":
+            rows.append(CheckRow(what, OK, f"{judge.backend} (local)"))
+            continue
+        import urllib.error
+        import urllib.request
+
+        key = os.environ.get(judge.api_key_env or "", "")
+        request = urllib.request.Request(judge.base_url.rstrip("/") + "/models",
+                                         headers={"Authorization": f"Bearer {key}"} if key else {})
+        try:
+            with urllib.request.urlopen(request, timeout=10):
+                rows.append(CheckRow(what, OK, f"{judge.base_url} answers ({judge.model})"))
+        except urllib.error.HTTPError as err:
+            rows.append(CheckRow(what, FAILED, f"{judge.base_url} answered HTTP {err.code}: check "
+                                               f"{judge.api_key_env} and the base_url"))
+        except (urllib.error.URLError, OSError) as err:
+            rows.append(CheckRow(what, OFFLINE, f"{judge.base_url} cannot be reached from here "
+                                                f"({getattr(err, 'reason', err)})"))
     return rows
 
 
-def _cluster_facts(address: str, paths: list[str], disk_at: str) -> list[dict]:
-    """:func:`machine_facts` of every alive node of the Ray cluster at ``address`` (a task pinned to each)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from search.driver import init_ray
-
-    init_ray(address)
-    remote = ray.remote(num_cpus=0)(machine_facts)
-    refs = [remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-            .remote(paths, disk_at) for node in ray.nodes() if node.get("Alive")]
-    return ray.get(refs, timeout=120)
+def _machine_rows(cfg: RunConfig, models: list[str], address: str | None) -> list[CheckRow]:
+    if address and ray_problems(address):
+        return [CheckRow("machines", MISSING, "the Ray address does not answer: its nodes were not checked")]
+    rows = []
+    for f in facts(models, address):
+        problems = machine_problems(cfg.device, f)
+        rows.append(CheckRow(f"machine {f['host']}", FAILED if problems else OK, "; ".join(problems + [describe(f)])))
+    return rows
 
 
 def format_rows(rows: list[CheckRow]) -> str:

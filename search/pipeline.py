@@ -31,6 +31,7 @@ from objectives.errors import UserError
 from search import atomic
 from search.config import RunConfig, save_run_config
 from search.lineage import marker_record, stale_stages
+from search.nodes import node_problems
 from search.preflight import (
     RESOURCE_KEYS,
     as_read_back,
@@ -101,7 +102,10 @@ def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, 
     raise_problems(held_problems(run.root), f"cannot run {cfg.name!r}")  # another writer: say so at once
     problems = owner_problems(cfg, run)
     problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
-    problems += ray_problems(address) + device_problems(cfg, address)
+    unreachable = ray_problems(address)
+    problems += unreachable + device_problems(cfg, address)
+    if address and not unreachable:  # every node of the cluster can run this config's trials
+        problems += node_problems(cfg.device, cfg.space.model_paths(), address)
     for name in names:
         problems += _stage(name).problems(cfg, run)
     raise_problems(problems, f"cannot run {cfg.name!r}")

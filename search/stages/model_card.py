@@ -62,7 +62,7 @@ def write_model_card(run: RunDir, cfg_name: str, record: TrialRecord, ship: dict
     lines += [f"| {m} | {licence(m)} |" for m in sources]
     lines += ["", "A merge is bound by the terms of every source: check each licence before publishing.", "",
               "## Recipe (stock mergekit)", "", "```yaml", record.recipe.rstrip(), "```", "",
-              f"Reproduce: `{record.reproduce_command('best.yaml')}` (weights_sha256 {record.weights_sha256}).", ""]
+              f"Reproduce: `{record.reproduce_command(run.best_yaml.name)}` (weights_sha256 {record.weights_sha256}).", ""]
     if record.scores:
         lines += ["## Search scores", "", "| task | score |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(record.scores.items()) if isinstance(v, (int, float))]
