@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 
+from objectives.mtbench.run import SCORES_FILE
 from search import atomic
 from search.rundir import RunDir, TrialRecord
 from search.stages.base import StageContext
@@ -183,12 +184,22 @@ def _mtbench_section(run: RunDir, plots: Path) -> list[str]:
     table = run.comparison_md
     if not table.is_file():
         return ["_MT-Bench has not run yet._"]
-    lines = _stage_line(run, "chat") + [table.read_text(encoding="utf-8").strip(), ""]
+    lines = _stage_line(run, "chat") + [table.read_text(encoding="utf-8").strip(), ""] + _measured_with(run)
     chart = run.comparison_png
     if chart.is_file():
         shutil.copyfile(chart, plots / "mtbench_categories.png")
         lines += ["![MT-Bench categories](plots/mtbench_categories.png)", ""]
     return lines
+
+
+def _measured_with(run: RunDir) -> list[str]:
+    """The judge, judge prompt set and question set the merge was rated with (its ``scores.json``)."""
+    scores = _load(run.mtbench_model("merge") / SCORES_FILE) or {}
+    used = scores.get("measured_with") if isinstance(scores, dict) else None
+    if not isinstance(used, dict):
+        return []
+    return [f"Rated with judge {used.get('judge')}, judge prompts {used.get('prompts')}, {used.get('questions')}.",
+            ""]
 
 
 def headline(run: str | Path) -> str:

@@ -82,3 +82,14 @@ def test_report_names_the_model_to_ship_first_and_writes_ship_json(run):
     assert verdict.startswith("Model to ship: **merge**") and "MT-Bench average 7.00" in verdict
     assert json.loads(run.ship_json.read_text())["model"] == "merge"
     assert "Model to ship: merge" in headline(run.root)
+
+
+def test_report_names_what_the_final_measure_was_rated_with(run):
+    _scores(run, "merge", 7.0, standin=False)
+    scores = run.mtbench_model("merge") / "scores.json"
+    used = {"judge": "openai:gpt-4", "prompts": "judge_prompts_de.json 1a2b", "questions": "80 questions 9f"}
+    scores.write_text(json.dumps(json.loads(scores.read_text()) | {"measured_with": used}))
+    run.comparison_md.write_text("| | merge |\n|---|---|\n")
+    report = write_report(run.root).read_text()
+    assert ("Rated with judge openai:gpt-4, judge prompts judge_prompts_de.json 1a2b, 80 questions 9f."
+            in report.split("## MT-Bench", 1)[1])
