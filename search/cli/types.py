@@ -50,7 +50,7 @@ def refuse_other_writer(config: str, out: str | None) -> None:
     if out is None:
         try:
             name = (yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {}).get("name")
-        except (OSError, yaml.YAMLError, AttributeError):
+        except (OSError, ValueError, yaml.YAMLError, AttributeError):  # unreadable: the full checks say why
             return
         if not isinstance(name, str):
             return
