@@ -18,9 +18,12 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-__all__ = ["old_name", "recover", "staging", "staging_name", "swap_in", "write_json", "write_text"]
+T = TypeVar("T")
+
+__all__ = ["build", "old_name", "recover", "staging", "staging_name", "swap_in", "write_json", "write_text"]
 
 
 def _hidden(target: Path, suffix: str) -> Path:
@@ -101,3 +104,17 @@ def swap_in(stage: str | Path, target: str | Path) -> None:
         os.replace(target, old)
     os.replace(stage, target)
     _remove(old)
+
+
+def build(target: str | Path, work: Callable[[Path], T], *, keep: tuple[str, ...] = ()) -> T:
+    """``work`` on a fresh :func:`staging` folder beside ``target`` (seeded with copies of the earlier target's
+    entries named in ``keep``, e.g. a cache), swapped in when it returns; when it raises, ``target`` is left as
+    it was (the staging folder stays for a look, and the next attempt removes it)."""
+    target = Path(target)
+    stage = staging(target)
+    for name in keep:
+        if (target / name).is_dir():
+            shutil.copytree(target / name, stage / name)
+    result = work(stage)
+    swap_in(stage, target)
+    return result

@@ -51,7 +51,7 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
     """Every row of the table (see the module doc); the caller prints them and fails on a non-ok one."""
     from search.pipeline import STAGES, owner_problems
 
-    models = [cfg.space.base_model, *(m.model for m in cfg.space.models)]
+    models = cfg.space.model_paths()
     rows = _rows("run folder", owner_problems(cfg, run) + output_problems(
         run.root, what="run folder", inputs=local_models(models)), str(run.root))
     rows += _rows("ray address", ray_problems(address), address or "a private local Ray")

@@ -100,12 +100,13 @@ def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, 
     source, owned by this config), the Ray address, the devices, and each selected stage's ``problems``."""
     names = list(stages or stage_names())
     raise_problems(held_problems(run.root), f"cannot run {cfg.name!r}")  # another writer: say so at once
+    sources = cfg.space.model_paths()
     problems = owner_problems(cfg, run)
-    problems += output_problems(run.root, what="run folder", inputs=local_models(cfg.space.model_paths()))
+    problems += output_problems(run.root, what="run folder", inputs=local_models(sources))
     unreachable = ray_problems(address)
     problems += unreachable + device_problems(cfg, address)
     if address and not unreachable:  # every node of the cluster can run this config's trials
-        problems += node_problems(cfg.device, cfg.space.model_paths(), address)
+        problems += node_problems(cfg.device, sources, address)
     for name in names:
         problems += _stage(name).problems(cfg, run)
     raise_problems(problems, f"cannot run {cfg.name!r}")

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from search import atomic
 from search.rundir import DPOOutputs, RunDir, TrialRecord
-from search.stages.dpo import in_transaction
 
 
 def write_all(run: RunDir, tag: str) -> None:
@@ -27,12 +26,13 @@ def write_all(run: RunDir, tag: str) -> None:
         atomic.write_json(out.metrics, {"tag": tag})
         return {"tag": tag}
 
-    in_transaction(run.dpo, dpo_work)
+    atomic.build(run.dpo.root, lambda stage: dpo_work(DPOOutputs(stage)))
     for model in ("merge", "merge_dpo"):  # MT-Bench: one staged folder per model
-        staged = atomic.staging(run.mtbench_model(model))
-        (staged / "answers.jsonl").write_text(tag)
-        atomic.write_json(staged / "scores.json", {"tag": tag})
-        atomic.swap_in(staged, run.mtbench_model(model))
+        def answer(stage: Path) -> None:
+            (stage / "answers.jsonl").write_text(tag)
+            atomic.write_json(stage / "scores.json", {"tag": tag})
+
+        atomic.build(run.mtbench_model(model), answer, keep=("cache",))
 
 
 def in_child(run: Path, tag: str, kill_at: int = 0, when: str = "before") -> tuple[int, int]:

@@ -6,11 +6,12 @@ import argparse
 from pathlib import Path
 
 from objectives.errors import UserError
+from search import atomic
 from search.cli import types
 from search.merge import Recipe, record_of
 from search.preflight import local_models, raise_problems
 from search.rundir import DPOOutputs
-from search.stages.dpo import in_transaction, load_dpo_config, merge_base, run_dpo, standalone_problems
+from search.stages.dpo import load_dpo_config, merge_base, run_dpo, standalone_problems
 from search.writelock import writer_lock
 
 __all__ = ["register"]
@@ -49,8 +50,8 @@ def _run(args: argparse.Namespace) -> int:
     out = DPOOutputs(Path(args.out or cfg.output_dir))
     recipe = _check(args, cfg, out)
     with writer_lock(out.root):
-        metrics = in_transaction(out, lambda staged: run_dpo(
-            cfg, _base(args, cfg, staged, run_seed, recipe), staged.root,
+        metrics = atomic.build(out.root, lambda stage: run_dpo(
+            cfg, _base(args, cfg, DPOOutputs(stage), run_seed, recipe), stage,
             base_name=str(out.base) if args.recipe else None))
     b, a = metrics["heldout_before"], metrics["heldout_after"]
     print(f"held-out preference accuracy {b['pref_accuracy']:.3f} -> {a['pref_accuracy']:.3f} "

@@ -132,7 +132,7 @@ class ResidentMerger:
         """A merger for every model of a :class:`search.space.SpaceConfig` (its tokenizer settings included);
         ``cache_sources: auto`` is decided by :func:`search.merge.memory.resolve_cache_sources` for a worker
         that shares ``device`` with ``workers_per_device - 1`` others."""
-        models = [space.base_model, *(m.model for m in space.models)]
+        models = space.model_paths()
         cache = resolve_cache_sources(space.cache_sources, models, space.out_dtype or space.dtype, device,
                                       workers_per_device)
         return cls(space.base_model, models[1:], device=device,

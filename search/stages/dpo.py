@@ -26,7 +26,6 @@ The trl + peft side (runtime, quantized base, trainer, outputs) is :mod:`search.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +61,6 @@ __all__ = [
     "displacement_warning",
     "divergence",
     "heldout_scores",
-    "in_transaction",
     "load_data",
     "finished_problems",
     "load_dpo_config",
@@ -109,7 +107,7 @@ def disk_need(cfg: RunConfig) -> int:
     """Bytes the DPO stage writes beside the earlier outputs it replaces (which stay until the swap): the
     re-merged base and the merged DPO model, each about as large as the largest source, plus 20% of one for the
     adapter, its checkpoints and the tokenizer."""
-    largest = max(folder_bytes(m) for m in [cfg.space.base_model, *(x.model for x in cfg.space.models)])
+    largest = max(folder_bytes(m) for m in cfg.space.model_paths())
     return int(largest * 2.2)
 
 
@@ -137,17 +135,7 @@ def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:
             atomic.write_json(out.metrics, metrics, indent=2)
         return metrics
 
-    return in_transaction(run.dpo, work)
-
-
-def in_transaction(out: DPOOutputs, work: Callable[[DPOOutputs], dict]) -> dict:
-    """``work`` on a fresh staging folder beside ``out`` (:func:`search.atomic.staging`), swapped for ``out``
-    when it returns; when it raises, ``out`` is left as it was (the staging folder stays for a look, and is
-    removed by the next attempt)."""
-    stage = atomic.staging(out.root)
-    result = work(DPOOutputs(stage))
-    atomic.swap_in(stage, out.root)
-    return result
+    return atomic.build(run.dpo.root, lambda stage: work(DPOOutputs(stage)))
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:

@@ -11,7 +11,6 @@ the ``mtbench:`` section of a run config with overrides on top.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -171,12 +170,9 @@ def run_mtbench_stage(cfg: RunConfig, run: RunDir, *, log=print, redo: bool = Fa
         out = run.mtbench_model(name)
         if redo or not (out / SCORES_FILE).is_file() or not rated(load_scores(out / SCORES_FILE)):  # resume
             log(f"MT-Bench: {name}")
-            staged = atomic.staging(out)
-            if (out / CACHE_DIR).is_dir():
-                shutil.copytree(out / CACHE_DIR, staged / CACHE_DIR)
-            run_mtbench(cfg.mtbench, staged, model=_chat_model(cfg, name, folders.get(name), recipes.get(name)),
-                        model_id=name)
-            atomic.swap_in(staged, out)
+            model = _chat_model(cfg, name, folders.get(name), recipes.get(name))
+            atomic.build(out, lambda stage: run_mtbench(cfg.mtbench, stage, model=model, model_id=name),
+                         keep=(CACHE_DIR,))
         names.append(name)
         scores.append(load_scores(out / SCORES_FILE))
     kinds = {n: n if n in ("merge", "merge+dpo") else "recipe" if n in recipes else "source" for n in names}

@@ -108,7 +108,7 @@ def token_source_problems(cfg: RunConfig) -> list[str]:
     """``space.tokenizer.tokens`` entries whose embedding comes from a model that is not a source of the merge
     (mergekit would fail every trial on it)."""
     tokens = cfg.space.tokenizer.tokens if cfg.space.tokenizer else None
-    sources = {cfg.space.base_model, *(m.model for m in cfg.space.models)}
+    sources = set(cfg.space.model_paths())
     out = []
     for token, spec in (tokens or {}).items():
         src = spec.get("source") if isinstance(spec, dict) else None
@@ -155,7 +155,7 @@ def study_fingerprint(cfg: RunConfig) -> dict:
 
 def source_fingerprints(cfg: RunConfig) -> dict[str, str]:
     """``{source as the config names it: source_fingerprint}`` of every local source (hub ids are left out)."""
-    models = [cfg.space.base_model, *(m.model for m in cfg.space.models)]
+    models = cfg.space.model_paths()
     return {m: fp for m in models if (fp := source_fingerprint(m)) is not None}
 
 
