@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from search.driver import Driver
 from search.driver.study import SearchConfig, enqueue_warm_start, fail_orphans, open_study
 from search.driver.testing import SimulatedWorker
+from search.rundir import TrialAttr
 
 
 pytestmark = pytest.mark.usefixtures("ray_local")  # the session's one in-process Ray (tests/conftest.py)
@@ -203,7 +204,10 @@ def test_sigterm_stops_at_once_and_leaves_no_trial_running(tmp_path):
     res = driver.run()
     assert res.interrupted and signal.getsignal(signal.SIGTERM) == before  # the handler is put back
     assert not study.get_trials(states=(TrialState.RUNNING,))
-    assert len(study.trials) <= 4
+    ran = [t for t in study.trials if t.state != TrialState.WAITING]
+    assert len(ran) <= 4  # no trial was started after the signal (trials 0-1 and the 2 workers' last two)
+    queued = study.get_trials(states=(TrialState.WAITING,))
+    assert all(TrialAttr.RETRY_OF in t.user_attrs for t in queued)  # only the stopped trials, for a resume
     stopped = study.trials[2]
     assert stopped.state == TrialState.FAIL and "SIGTERM" in stopped.user_attrs["fail_reason"]
 
