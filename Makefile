@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-$(TORCH_VARIANT)
 TORCH_IS = $(BIN)/python -c "import sys, torch; sys.exit(('cuda' if torch.version.cuda else 'cpu') != '$(TORCH_VARIANT)')"
 TORCH_PIP = $(BIN)/python -m pip install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 
-.PHONY: install demo test test-fast lint clean-world
+.PHONY: install demo worlds test test-fast lint clean-world
 
 install: $(STAMP)
 
@@ -33,13 +33,23 @@ demo: install
 	$(BIN)/merge-search demo-world build --out results/demo-world
 	$(BIN)/merge-search run configs/demo.yaml
 
-# Everything, world builds included (worlds are built once per run into results/, then reused).
-test: install
-	$(BIN)/python -m pytest -q tests
+# Two pytest-xdist workers, each taking whole modules in collection order (a module fixture such as a pipeline
+# run stays one run); tests/conftest.py puts the two worlds' modules first, so the worlds build side by side.
+XDIST := -n 2 --dist loadscope --no-loadscope-reorder
+
+# The two worlds the tests use, built one after the other before the tests start (each build uses two threads;
+# two builds side by side on 2 cores took longer than both in turn). A quick no-op when they exist.
+worlds: install
+	$(BIN)/merge-search demo-world build --out results/demo-world --quiet
+	$(BIN)/merge-search demo-world build --out results/seedlike-world --kind seedlike --quiet
+
+# Everything, world builds included (worlds are built once into results/, then reused).
+test: worlds
+	$(BIN)/python -m pytest -q $(XDIST) tests
 
 # For every edit: no world build, no Ray, no services (PostgreSQL, Chromium); markers in pyproject.toml.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" tests
 
 # A world built by an older builder is refused (its files differ): remove the project's worlds to rebuild them.
 clean-world:

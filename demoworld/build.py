@@ -11,9 +11,12 @@ never leaves a half world behind and never touches an existing folder's files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,12 +116,44 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads:
                 kind: str = "demo") -> World:
     """Build a world of ``kind`` (:data:`KINDS`) into ``out`` (a quick no-op if a complete world of this kind and
     seed is there). ``threads``: torch CPU threads while training (default min(4, CPU cores)); the weights
-    depend on it."""
+    depend on it. Concurrent builds of one folder (two test workers, two terminals) take turns: the second
+    waits for the first and then loads its world."""
     if kind not in KINDS:
         raise UserError(f"unknown world kind {kind!r}: choose one of {', '.join(KINDS)}")
     out = Path(out).absolute()
     if _check_out(out, seed, kind):
         return load_manifest(out)
+    with _build_lock(out, quiet):
+        if _check_out(out, seed, kind):  # another process built it while this one waited
+            return load_manifest(out)
+        _build(out, seed, quiet=quiet, threads=threads, kind=kind)
+    return load_manifest(out)
+
+
+@contextlib.contextmanager
+def _build_lock(out: Path, quiet: bool) -> Iterator[None]:
+    """An exclusive lock on a hidden file beside ``out`` (released by the kernel if the holder dies)."""
+    lock = out.parent / f".{out.name}.build.lock"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise UserError(
+            f"world folder {str(out)!r} is not writable ({err.strerror}): choose a folder you can write to"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not quiet:
+                print(f"waiting for another build of {out} to finish", flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(out: Path, seed: int, *, quiet: bool, threads: int | None, kind: str) -> None:
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,4 +175,3 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return load_manifest(out)

@@ -32,19 +32,47 @@ SHARED = REPO.parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+# Two xdist workers share 2 cores: each runs torch (and the programs it starts) at one thread, since two threads
+# per process on a busy 2-core machine were several times slower. A world build sets its own thread count.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 # fixture -> the tier marker a test using it gets (plus ``slow``); module-local fixtures count by their name
 TIER = {"world": "world", "seedlike_world": "world", "ray_local": "ray", "cluster": "ray", "job_server": "ray",
         "postgres": "service"}
 
 
+# the longest module of each world (pipeline runs of several minutes): first in its world's queue
+LONGEST = ("test_seedlike_pipeline.py", "test_pipeline.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Mark every test using a ``TIER`` fixture (or marked ``world``/``ray``/``service`` by hand) ``slow``."""
+    """Mark every test using a ``TIER`` fixture (or marked ``world``/``ray``/``service`` by hand) ``slow``, and
+    put the longest modules first.
+
+    ``make test`` runs two pytest-xdist workers that take whole modules in collection order (``--dist loadscope
+    --no-loadscope-reorder``): the modules of the seed-like world and of the demo world go first, alternating,
+    so that the two world builds run side by side on the two workers, each with its longest module (the two
+    pipeline runs, ``LONGEST``) right after it; the short modules fill in at the end. Every worker collects the
+    same order (the sort is deterministic), as xdist requires.
+    """
     for item in items:
         kinds = {TIER[name] for name in item.fixturenames if name in TIER}
         for kind in sorted(kinds):
             item.add_marker(kind)
         if kinds or any(item.get_closest_marker(m) for m in set(TIER.values())):
             item.add_marker("slow")
+    kind: dict[str, int] = {}  # module -> 0 seed-like world, 1 demo world, 2 other slow, 3 fast
+    for item in items:
+        names, module = set(item.fixturenames), item.nodeid.split("::")[0]
+        rank = 0 if "seedlike_world" in names else 1 if "world" in names else 2 if item.get_closest_marker("slow") else 3
+        kind[module] = min(rank, kind.get(module, 3))
+    modules = sorted(kind, key=lambda m: (kind[m], Path(m).name not in LONGEST))  # stable: collection order
+    place = {}
+    for rank in range(4):
+        for i, m in enumerate(m for m in modules if kind[m] == rank):
+            place[m] = (0, i, rank) if rank < 2 else (rank, i, 0)  # the two worlds' modules alternate
+    items.sort(key=lambda item: place[item.nodeid.split("::")[0]])  # stable: the order within a module is kept
 
 
 @pytest.fixture(scope="session")

@@ -182,3 +182,22 @@ def test_data_files_for_later_stages(world):
     assert {q["category"] for q in qs} == {*SKILLS, "alltag"}
     assert all(len(q["turns"]) == 2 and len(q["reference"]) == 2 for q in qs)
     assert torch.__version__  # torch importable alongside (sanity for the stage tests)
+
+
+def test_two_builds_of_one_folder_take_turns(tmp_path):
+    """A second build of a folder waits for the first (two test workers, two terminals), then finds its world."""
+    from demoworld.build import _build_lock
+
+    out = tmp_path / "world"
+    probe = ("import sys, time; from pathlib import Path; from demoworld.build import _build_lock\n"
+             "with _build_lock(Path(sys.argv[1]), quiet=False):\n    print('got it', time.time(), flush=True)")
+    with _build_lock(out, quiet=True):
+        second = subprocess.Popen([sys.executable, "-c", probe, str(out)], stdout=subprocess.PIPE, text=True,
+                                  cwd=Path(__file__).resolve().parents[2])
+        first_line = second.stdout.readline()
+        time.sleep(1.0)
+        assert second.poll() is None  # still waiting while the first build holds the lock
+        released = time.time()
+    rest = second.communicate(timeout=60)[0]
+    assert first_line.startswith(f"waiting for another build of {out}")
+    assert rest.startswith("got it") and float(rest.split()[-1]) >= released
