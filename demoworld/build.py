@@ -24,7 +24,7 @@ from demoworld import demo, seedlike
 from demoworld.layout import EVAL_SPLITS, write_task_yamls
 from objectives.errors import UserError
 
-__all__ = ["KINDS", "World", "build_world", "builder_version", "load_manifest"]
+__all__ = ["KINDS", "World", "build_lock", "build_world", "builder_version", "load_manifest"]
 
 # kind -> (builder, builder version); the builder writes a complete world into a folder, see build_world
 _BUILDERS = {
@@ -123,7 +123,7 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads:
     out = Path(out).absolute()
     if _check_out(out, seed, kind):
         return load_manifest(out)
-    with _build_lock(out, quiet):
+    with build_lock(out, quiet):
         if _check_out(out, seed, kind):  # another process built it while this one waited
             return load_manifest(out)
         _build(out, seed, quiet=quiet, threads=threads, kind=kind)
@@ -131,7 +131,7 @@ def build_world(out: str | Path, seed: int = 0, *, quiet: bool = False, threads:
 
 
 @contextlib.contextmanager
-def _build_lock(out: Path, quiet: bool) -> Iterator[None]:
+def build_lock(out: Path, quiet: bool) -> Iterator[None]:
     """An exclusive lock on a hidden file beside ``out`` (released by the kernel if the holder dies)."""
     lock = out.parent / f".{out.name}.build.lock"
     try:

@@ -186,12 +186,12 @@ def test_data_files_for_later_stages(world):
 
 def test_two_builds_of_one_folder_take_turns(tmp_path):
     """A second build of a folder waits for the first (two test workers, two terminals), then finds its world."""
-    from demoworld.build import _build_lock
+    from demoworld.build import build_lock
 
     out = tmp_path / "world"
-    probe = ("import sys, time; from pathlib import Path; from demoworld.build import _build_lock\n"
-             "with _build_lock(Path(sys.argv[1]), quiet=False):\n    print('got it', time.time(), flush=True)")
-    with _build_lock(out, quiet=True):
+    probe = ("import sys, time; from pathlib import Path; from demoworld.build import build_lock\n"
+             "with build_lock(Path(sys.argv[1]), quiet=False):\n    print('got it', time.time(), flush=True)")
+    with build_lock(out, quiet=True):
         second = subprocess.Popen([sys.executable, "-c", probe, str(out)], stdout=subprocess.PIPE, text=True,
                                   cwd=Path(__file__).resolve().parents[2])
         first_line = second.stdout.readline()
