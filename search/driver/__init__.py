@@ -1,5 +1,6 @@
 """The search engine: the Optuna study (storage, samplers, pruners, ranking, resume), the asynchronous Ray
-driver, its live progress view and the worker protocol (:class:`RungReport`, :class:`TrialActor`).
+driver, the study's lease (one driver per study, :mod:`search.driver.lease`), its live progress view and the
+worker protocol (:class:`RungReport`, :class:`TrialActor`).
 
 It knows Optuna and Ray, not merges: what a trial does is a worker's business (the search stage's
 :class:`search.stages.trial_worker.MergeEvalWorker` merges and scores a candidate), and of the run config it
@@ -7,6 +8,7 @@ reads only the ``search:`` section (:class:`SearchConfig`); :mod:`search.stages.
 into it. Test doubles live in :mod:`search.driver.testing`, which nothing here imports."""
 
 from search.driver.driver import Driver, DriverResult, init_ray, trial_seed
+from search.driver.lease import LeaseHolder, StudyLease, lease_holder
 from search.driver.progress import ProgressView
 from search.driver.study import (
     SearchConfig,
@@ -28,9 +30,11 @@ from search.driver.workers import RungReport, TrialActor, WorkerInfo, WorkerSetu
 __all__ = [
     "Driver",
     "DriverResult",
+    "LeaseHolder",
     "ProgressView",
     "RungReport",
     "SearchConfig",
+    "StudyLease",
     "TrialActor",
     "WorkerInfo",
     "WorkerSetup",
@@ -42,6 +46,7 @@ __all__ = [
     "feasible_front",
     "is_feasible",
     "init_ray",
+    "lease_holder",
     "load_study",
     "open_study",
     "ranked_trials",

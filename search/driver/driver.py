@@ -143,6 +143,7 @@ class Driver:
         progress: bool = True,
         on_submit: Callable[[int, int, WorkerInfo], None] | None = None,
         poll_seconds: float = 0.5,
+        heartbeat: Callable[[], None] | None = None,
     ):
         self.study = study
         self.worker_factory = worker_factory
@@ -161,6 +162,7 @@ class Driver:
         self.progress = progress
         self.on_submit = on_submit
         self.poll_seconds = poll_seconds
+        self.heartbeat = heartbeat  # called on every poll (a study lease renews itself there; it may raise)
         self.multi_objective = len(study.directions) > 1
         self._pending: dict[Any, tuple[str, _Slot, _Running | None]] = {}
         self._slots = [_Slot(i) for i in range(workers)]
@@ -324,6 +326,8 @@ class Driver:
             for slot in self._slots:
                 self._spawn(slot)
             while True:
+                if self.heartbeat:
+                    self.heartbeat()
                 if self._stop >= 2:
                     self._abort()
                     break

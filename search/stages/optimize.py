@@ -26,6 +26,7 @@ from objectives.objective import Objective
 from search import atomic
 from search.config import RunConfig, save_run_config
 from search.driver.driver import Driver, DriverResult, init_ray
+from search.driver.lease import StudyLease, lease_holder
 from search.driver.study import enqueue_warm_start, fail_orphans, open_study
 from search.merge import params_from_recipe, recipe_text, suggest_params
 from search.merge.hashing import source_fingerprint
@@ -168,8 +169,9 @@ def _changed_sources(study, cfg: RunConfig) -> list[str]:
 
 
 def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
-    """A study in the storage that another config made (its recorded fingerprint differs): its trials would
-    be mixed with this config's. Reads an existing database only (never creates one)."""
+    """A study in the storage that another driver is searching now (its lease, :mod:`search.driver.lease`), or
+    that another config made (its recorded fingerprint differs): its trials would be mixed with this config's.
+    Reads an existing database only (never creates one)."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
@@ -180,6 +182,10 @@ def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return []
+    other = lease_holder(study)
+    if other is not None:
+        return [f"study {name!r} in {url} is being searched by {other.describe()}: wait for it to finish, or set "
+                "search.study_name to a new name"]
     recorded = study.user_attrs.get(TrialAttr.STUDY_CONFIG)
     keys = config_diff(recorded, study_fingerprint(cfg)) if recorded is not None else []
     if keys:
@@ -215,6 +221,17 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
     study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
                        x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
+    lease = StudyLease(study, str(run.root))
+    lease.take()  # before its trials are touched: another driver on a shared study is refused here
+    try:
+        return _search(cfg, run, study, lease, warm, address=address, progress=progress)
+    finally:
+        lease.release()
+
+
+def _search(cfg: RunConfig, run: RunDir, study: optuna.Study, lease: StudyLease, warm: list[dict[str, Any]], *,
+            address: str | None, progress: bool) -> SearchSummary:
+    scfg = cfg.search
     if TrialAttr.STUDY_CONFIG not in study.user_attrs:
         study.set_user_attr(TrialAttr.STUDY_CONFIG, study_fingerprint(cfg))
     if TrialAttr.STUDY_SOURCES not in study.user_attrs:
@@ -230,6 +247,7 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
         print(f"warm start: {len(warm)} hand recipe(s) enqueued", file=sys.stderr)
     scored_now = not run.item_matrix.is_file()
     matrix = item_matrix(cfg, run, progress=progress)
+    lease.beat()  # scoring the sources (the first time) can be long
     init_ray(address, num_cpus=max(os.cpu_count() or 1, math.ceil(scfg.workers * scfg.worker_cpus)))
     run.artifacts.mkdir(parents=True, exist_ok=True)
     driver = Driver(
@@ -240,7 +258,7 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
         max_failures_in_a_row=scfg.max_failures_in_a_row,
         multi_fidelity=scfg.multi_fidelity, num_cpus=scfg.worker_cpus, num_gpus=_worker_gpus(scfg),
         artifact_store=optuna.artifacts.FileSystemArtifactStore(str(run.artifacts)),
-        artifact_dir=run.upload, progress=progress,
+        artifact_dir=run.upload, progress=progress, heartbeat=lease.beat,
     )
     summary = SearchSummary.of(driver.run(), matrix_items(matrix) if matrix and scored_now else 0)
     atomic.write_text(run.summary, _json(dataclasses.asdict(summary)))

@@ -6,6 +6,7 @@ import functools
 import itertools
 import os
 import signal
+import time
 
 import pytest
 from optuna.trial import TrialState
@@ -224,3 +225,25 @@ def test_ctrl_c_stops_asking_and_lets_running_trials_finish(tmp_path):
     assert not study.get_trials(states=(TrialState.RUNNING,))
     assert 3 <= len(study.trials) <= 4  # asked nothing after the interrupt
     assert study.trials[2].state == TrialState.COMPLETE  # the running trial finished all its rungs
+
+
+def test_a_heartbeat_that_raises_stops_the_driver_at_its_next_poll(tmp_path):
+    """A study lease taken over by another driver (search.driver.lease) raises in the heartbeat: this driver
+    stops there, its actors are killed, and nothing more is asked of the study."""
+    from objectives.errors import UserError
+
+    beats = []
+
+    def heartbeat():
+        beats.append(time.time())
+        if len(beats) > 3:
+            raise UserError("taken over")
+
+    study, driver = make(tmp_path, n_trials=20, worker=functools.partial(SimulatedWorker, seconds=0.3))
+    driver.heartbeat = heartbeat
+    with pytest.raises(UserError, match="taken over"):
+        driver.run()
+    asked = len(study.trials)
+    assert len(beats) == 4 and asked < 20
+    time.sleep(1.0)
+    assert len(study.trials) == asked  # no worker of the stopped driver goes on

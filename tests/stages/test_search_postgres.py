@@ -18,6 +18,7 @@ import pytest
 from optuna.trial import TrialState
 
 from demo_configs import write_config  # tests/demo_configs.py
+from search.driver.lease import LEASE_ATTR
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -56,9 +57,27 @@ def test_search_into_postgresql_resumes_and_is_exported_and_served(world, postgr
     assert orphans and json.loads((run / "run.json").read_text())["storage"] == url
     assert not (run / "study.db").exists()  # the study lives in PostgreSQL only
 
+    # A second run folder on the same study while a driver holds it (a live process's lease in the study): refused
+    # in one line naming it, before a folder is made; once that process is gone the resume below takes the study.
+    other = tmp_path / "other"
+    holder = subprocess.Popen(["sleep", "120"])
+    try:
+        study = optuna.load_study(study_name="t", storage=url)
+        study.set_user_attr(LEASE_ATTR, {"pid": holder.pid, "host": socket.gethostname(), "command": "sleep 120",
+                                         "run_dir": str(run), "beat": time.time()})
+        res = cli("search", str(cfg), "--out", str(other), "--no-progress")
+        assert res.returncode == 2 and not other.exists()
+        [line] = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert f"is being searched by process {holder.pid} on {socket.gethostname()} (sleep 120" in line
+    finally:
+        holder.kill()
+        holder.wait()
+
     res = cli("search", str(cfg), "--out", str(run), "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resuming" in res.stderr
+    lease = optuna.load_study(study_name="t", storage=url).user_attrs[LEASE_ATTR]
+    assert lease["released"] and lease["run_dir"] == str(run)  # the resumed driver took the lease and let it go
     after = trials()
     assert len([t for t in after if t.state == TrialState.COMPLETE]) == 4
     for t in before:  # nothing finished was lost or changed
