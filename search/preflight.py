@@ -13,6 +13,7 @@ output, so a bad input costs seconds and leaves nothing behind. Each stage gathe
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -33,6 +34,7 @@ __all__ = [
     "as_read_back",
     "config_diff",
     "device_problems",
+    "disk_full",
     "disk_problems",
     "folder_bytes",
     "local_models",
@@ -293,3 +295,23 @@ def disk_problems(out: str | Path, need: int, what: str) -> list[str]:
         return []
     return [f"{what}: {str(existing)!r} has {free / 2**30:.1f} GiB free but about {need / 2**30:.1f} GiB are needed: "
             "free some space, or write the run folder elsewhere"]
+
+
+_FULL = ("database or disk is full", "no space left on device", "disk quota exceeded")
+
+
+def disk_full(err: BaseException) -> str | None:
+    """The first line of the error in ``err``'s chain (``__cause__``/``__context__``) that says a disk filled up
+    (``ENOSPC``/``EDQUOT``, or SQLite's "database or disk is full" as Optuna's storage wraps it); None when none
+    does. The caller turns it into one line: free space, then resume."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"{err.strerror}" + (f": {err.filename}" if err.filename else "")
+        text = str(err)
+        if any(mark in text.lower() for mark in _FULL):
+            line = next(ln for ln in text.splitlines() if any(m in ln.lower() for m in _FULL))
+            return line.strip()[:200]
+        err = err.__cause__ or err.__context__
+    return None

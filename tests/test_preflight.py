@@ -162,3 +162,24 @@ def test_disk_problems_name_the_place_and_the_space(tmp_path):
     assert disk_problems(tmp_path / "run" / "dpo", 1, "the DPO stage's outputs") == []
     [problem] = disk_problems(tmp_path / "run" / "dpo", 1 << 60, "the DPO stage's outputs")
     assert str(tmp_path) in problem and "GiB free but about 1073741824.0 GiB are needed" in problem
+
+
+def test_disk_full_is_found_through_the_storage_wrappers():
+    import errno
+
+    import optuna
+    import sqlalchemy
+
+    from search.preflight import disk_full
+
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trials", {}, sqlite3.OperationalError("database or disk is full"))
+        except sqlalchemy.exc.OperationalError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as err:
+        assert "database or disk is full" in disk_full(err)
+    assert disk_full(OSError(errno.ENOSPC, "No space left on device", "/runs/a/study.db")) == \
+        "No space left on device: /runs/a/study.db"
+    assert disk_full(RuntimeError("worker died: OSError: [Errno 28] No space left on device")) is not None
+    assert disk_full(ValueError("a bug")) is None and disk_full(OSError(errno.EACCES, "denied")) is None

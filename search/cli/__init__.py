@@ -95,6 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("merge-search: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a disk that filled up while writing: the user's to fix, in one line
+        from search.preflight import disk_full
+
+        full = disk_full(err)
+        if full is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"merge-search: error: a disk filled up while writing ({full}): free some space, then run the same "
+              "command again (it resumes; what finished is kept)", file=sys.stderr)
+        return 2
 
 
 def _offline_when_unreachable(verbose: bool) -> None:
