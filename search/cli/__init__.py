@@ -143,7 +143,9 @@ def _library_chatter(verbose: bool) -> None:
         os.environ["MERGE_SEARCH_VERBOSE"] = "1"
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for name in ("bitsandbytes", "ray"):  # bitsandbytes: optional CPU kernels missing; ray: start-up notices
+    # bitsandbytes: optional CPU kernels missing; kernels (loaded by bitsandbytes' CPU backend): "skipping
+    # publisher trust check" when offline; ray: start-up notices
+    for name in ("bitsandbytes", "kernels", "ray"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("transformers", "trl", "peft"):  # deprecations inside the libraries, not in our calls
         warnings.filterwarnings("ignore", category=FutureWarning, module=module)
