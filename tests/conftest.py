@@ -32,11 +32,6 @@ SHARED = REPO.parent / "shared"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-# Two xdist workers share 2 cores: each runs torch (and the programs it starts) at one thread, since two threads
-# per process on a busy 2-core machine were several times slower. A world build sets its own thread count.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 # fixture -> the tier marker a test using it gets (plus ``slow``); module-local fixtures count by their name
 TIER = {"world": "world", "seedlike_world": "world", "ray_local": "ray", "cluster": "ray", "job_server": "ray",
         "postgres": "service"}

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import yaml
 
-__all__ = ["free_port", "ray_port_args", "write_config"]
+__all__ = ["free_port", "ray_port_args", "stop_group", "write_config"]
 
 
 def free_port() -> int:
@@ -21,6 +25,19 @@ def ray_port_args() -> list[str]:
     return [f"--{opt}={free_port()}" for opt in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
         "metrics-export-port", "node-manager-port", "object-manager-port")]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a process started with ``start_new_session`` and its group, SIGKILL what is left after ``timeout``;
+    a group that is gone already is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
 
 
 def write_config(world, path: Path, name: str = "t", objective: dict | None = None, **search) -> Path:

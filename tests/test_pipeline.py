@@ -13,6 +13,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from search.atomic import staging_name
 from search.pipeline import stage_names
 from search.writelock import holder
 
@@ -120,6 +121,14 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     changed["dpo"]["train"]["max_steps"] = 4
     config.write_text(yaml.safe_dump(changed, sort_keys=False))
     markers = {s: json.loads((run / "stages" / f"{s}.json").read_text()) for s in stage_names()}
+    # Killed (SIGKILL) while the redone DPO stage trains into its staging folder: the earlier DPO results and
+    # every marker are as they were; the next run removes the staging folder and redoes the stage.
+    old_dpo = {p: p.stat().st_mtime_ns for p in (run / "dpo").rglob("*") if p.is_file()}
+    kill_when([str(BIN / "merge-search"), "run", str(config), "--out", str(run)],
+              lambda: staging_name(run / "dpo").is_dir(), env=ENV, what="DPO training in its staging folder",
+              timeout=300, group=True)
+    assert all(p.is_file() for p in old_dpo) and {p: p.stat().st_mtime_ns for p in old_dpo} == old_dpo
+    assert {s: json.loads((run / "stages" / f"{s}.json").read_text()) for s in stage_names()} == markers
     res = run_cmd(config, run)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "dpo: stale (dpo.train.max_steps changed): redone" in res.stderr

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from demo_configs import free_port  # tests/demo_configs.py
-from demo_configs import ray_port_args, write_config
+from demo_configs import ray_port_args, stop_group, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -29,12 +30,13 @@ ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 def job_server(tmp_path_factory):
     """A one-node Ray head with its dashboard (the job server) on 127.0.0.1; yields the job server's URL."""
     tmp = tmp_path_factory.mktemp("rayjobs")
+    temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths inside must fit an AF_UNIX path
     dash = free_port()
     log = open(tmp / "head.log", "w")  # noqa: SIM115 (closed in finally)
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", f"--port={free_port()}", "--node-ip-address=127.0.0.1",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-         "--disable-usage-stats", f"--temp-dir={tmp / 't'}", *ray_port_args()],
+         "--disable-usage-stats", f"--temp-dir={temp}", *ray_port_args()],
         env=ENV, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{dash}"
     try:
@@ -50,12 +52,9 @@ def job_server(tmp_path_factory):
             pytest.fail("the Ray job server never answered: " + (tmp / "head.log").read_text()[-3000:])
         yield url
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_group(head, 60)
         log.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _client(url: str):

@@ -11,9 +11,11 @@ import functools
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import pytest
 from optuna.trial import TrialState
 
 from demo_configs import free_port  # tests/demo_configs.py
-from demo_configs import ray_port_args, write_config
+from demo_configs import ray_port_args, stop_group, write_config
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -37,11 +39,12 @@ def _node_args() -> list[str]:
 def cluster(tmp_path_factory):
     """A two-node Ray cluster on this machine; yields its address."""
     tmp = tmp_path_factory.mktemp("ray")
+    temp = Path(tempfile.mkdtemp(prefix="rt"))  # short: Ray's socket paths inside must fit an AF_UNIX path
     port = free_port()
     logs = [open(tmp / "head.log", "w"), open(tmp / "node.log", "w")]  # noqa: SIM115 (closed in finally)
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", f"--port={port}", "--include-dashboard=false",
-         f"--dashboard-port={free_port()}", f"--temp-dir={tmp / 't'}", *_node_args()],
+         f"--dashboard-port={free_port()}", f"--temp-dir={temp}", *_node_args()],
         env=ENV, start_new_session=True, stdout=logs[0], stderr=subprocess.STDOUT)
     procs = [head]
     try:
@@ -70,14 +73,10 @@ def cluster(tmp_path_factory):
         yield address
     finally:
         for p in reversed(procs):
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in reversed(procs):
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p)
         for f in logs:
             f.close()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def cli(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
