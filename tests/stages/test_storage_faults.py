@@ -78,7 +78,7 @@ def fill(folder: Path) -> Path:
 
 
 def test_a_full_disk_stops_the_search_in_one_line_and_it_resumes(world, small_disk, tmp_path):
-    cfg = write_config(world, tmp_path / "cfg.yaml", n_trials=12, max_retries=1)
+    cfg = write_config(world, tmp_path / "cfg.yaml", n_trials=6, max_retries=1)
     run = small_disk / "run"
     cmd = [str(BIN / "merge-search"), "search", str(cfg), "--out", str(run), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -99,12 +99,12 @@ def test_a_full_disk_stops_the_search_in_one_line_and_it_resumes(world, small_di
     last = err.strip().splitlines()[-1]
     assert last.startswith("merge-search: error: a disk filled up while writing") and "run the same command" in last
     done = finished(run / "study.db")
-    assert 1 <= done < 12
+    assert 1 <= done < 6
 
     filler.unlink()
     res = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert finished(run / "study.db") == 12
+    assert finished(run / "study.db") == 6
 
 
 def test_a_world_on_a_read_only_mount_is_searched_without_writing_to_it(read_only_world, tmp_path):
