@@ -53,7 +53,7 @@ test-fast: install
 
 # A world built by an older builder is refused (its files differ): remove the project's worlds to rebuild them.
 clean-world:
-	rm -rf results/demo-world results/seedlike-world
+	rm -rf results/demo-world results/seedlike-world results/.demo-world.build.lock results/.seedlike-world.build.lock
 
 lint: install
 	$(BIN)/ruff check search objectives demoworld tests bench

@@ -139,7 +139,8 @@ def build_lock(out: Path, quiet: bool) -> Iterator[None]:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise UserError(
-            f"world folder {str(out)!r} is not writable ({err.strerror}): choose a folder you can write to"
+            f"world folder {str(out)!r}: its parent folder is not writable ({err.strerror}): choose a folder you "
+            "can write to"
         ) from None
     try:
         try:

@@ -125,7 +125,8 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     # every marker are as they were; the next run removes the staging folder and redoes the stage.
     old_dpo = {p: p.stat().st_mtime_ns for p in (run / "dpo").rglob("*") if p.is_file()}
     kill_when([str(BIN / "merge-search"), "run", str(config), "--out", str(run)],
-              lambda: staging_name(run / "dpo").is_dir(), env=ENV, what="DPO training in its staging folder",
+              lambda: any(p.is_file() for p in staging_name(run / "dpo").rglob("*")), env=ENV,
+              what="DPO writing into its staging folder",
               timeout=300, group=True)
     assert all(p.is_file() for p in old_dpo) and {p: p.stat().st_mtime_ns for p in old_dpo} == old_dpo
     assert {s: json.loads((run / "stages" / f"{s}.json").read_text()) for s in stage_names()} == markers

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if args.debug:
             traceback.print_exc()
-        print(f"merge-search: error: a disk filled up while writing ({full}): free some space, then run the same "
+        print(f"merge-search: error: a disk filled up while writing ({full}): free some space where the command "
+              "writes (its output or run folder, the search.storage database, the temp folder), then run the same "
               "command again (it resumes; what finished is kept)", file=sys.stderr)
         return 2
 

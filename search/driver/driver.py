@@ -22,6 +22,7 @@ Ctrl-C stops asking and lets the running trials finish; a second Ctrl-C fails (a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -327,7 +328,12 @@ class Driver:
                 self._spawn(slot)
             while True:
                 if self.heartbeat:
-                    self.heartbeat()
+                    try:
+                        self.heartbeat()
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # the storage may be what failed
+                            self._abort()  # this driver's running trials: failed and re-queued, not left RUNNING
+                        raise
                 if self._stop >= 2:
                     self._abort()
                     break
@@ -364,7 +370,8 @@ class Driver:
 
     def _abort(self) -> None:
         for run in self.running_trials():
-            self._fail(run, "interrupted: the search was stopped (a second Ctrl-C, or SIGTERM)")
+            with contextlib.suppress(RuntimeError, ValueError):  # finished meanwhile (another driver's orphan)
+                self._fail(run, "interrupted: the search was stopped (a second Ctrl-C, SIGTERM, or a lost lease)")
 
     def _fill_best(self) -> None:
         ranked = ranked_trials(self.study)

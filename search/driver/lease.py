@@ -7,7 +7,9 @@ for orphans of a stopped driver (:func:`search.driver.study.fail_orphans`) and r
 holds a lease in the study's attributes: who it is (PID, host, command, run folder) and a heartbeat it renews
 every :data:`BEAT_SECONDS` while it runs. A second driver finds a live lease and is refused in one line naming
 the holder. A lease is stale (taken over) when its heartbeat is older than :data:`STALE_SECONDS`, when its
-holder on this host is no longer running, or when it was released. A driver whose stale lease was taken over
+holder on this host is no longer running, or when it was released; a lease of the same run folder never
+refuses (that folder's writer lock keeps a second writer out, so a resume after a crash on another host or in a
+new container is not held up). A driver whose stale lease was taken over
 by another (it stalled for longer than that) stops at its next heartbeat instead of running on beside it.
 
 Storages have no compare-and-swap on study attributes, so two drivers starting within the same second could
@@ -22,6 +24,7 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import optuna
 
@@ -77,10 +80,14 @@ def _read(study: optuna.Study) -> LeaseHolder | None:
         return None  # unreadable: treated as no lease
 
 
-def lease_holder(study: optuna.Study) -> LeaseHolder | None:
-    """The *other* driver that holds ``study`` now, or None (no lease, a stale or released one, or this process)."""
+def lease_holder(study: optuna.Study, run_dir: str | Path | None = None) -> LeaseHolder | None:
+    """The *other* driver that holds ``study`` now, or None (no lease, a stale or released one, this process, or
+    a driver of ``run_dir`` itself: that folder's writer lock already keeps a second writer out, so a resume
+    after a crash, on this host or another, is never refused by the crashed driver's lease)."""
     held = _read(study)
     if held is None or held.is_me() or not held.is_live():
+        return None
+    if run_dir is not None and held.run_dir == str(Path(run_dir).resolve()):
         return None
     return held
 
@@ -94,17 +101,18 @@ class StudyLease:
         self.study = study
         self.every = every  # seconds between two heartbeats
         self._me = LeaseHolder(os.getpid(), socket.gethostname(), command or " ".join(sys.argv)[:300],
-                               str(run_dir), 0.0)
+                               str(Path(run_dir).resolve()), 0.0)
         self._last = 0.0
 
     def take(self) -> None:
         """Take the lease, or raise :class:`UserError` naming the driver that holds it."""
-        other = lease_holder(self.study)
+        other = lease_holder(self.study, self._me.run_dir)
         if other is None:
             self._write()
             time.sleep(0.05)
             back = _read(self.study)  # another driver that wrote at the same moment wins or loses here
-            other = back if back is not None and not back.is_me() and back.is_live() else None
+            other = back if back is not None and not back.is_me() and back.is_live() and \
+                back.run_dir != self._me.run_dir else None
         if other is not None:
             raise UserError(f"study {self.study.study_name!r} is being searched by {other.describe()}: wait for "
                             f"it to finish or stop it (its lease goes stale {int(STALE_SECONDS)} s after its last "
@@ -115,16 +123,21 @@ class StudyLease:
         it over meanwhile."""
         if time.time() - self._last < self.every:
             return
-        other = lease_holder(self.study)
+        other = lease_holder(self.study, self._me.run_dir)
         if other is not None:
             raise UserError(f"study {self.study.study_name!r} was taken over by {other.describe()} while this "
-                            "driver stalled: this one stops; its running trials are re-queued by the next resume")
+                            "driver stalled: this one stops (its running trials are marked failed and re-queued)")
         self._write()
 
     def release(self) -> None:
-        held = _read(self.study)
-        if held is not None and held.is_me():
-            self._write(released=True)
+        """Mark the lease released if this process still holds it. Never raises: a storage that fails here
+        (the error being handled may be that very failure) leaves a lease that goes stale by itself."""
+        try:
+            held = _read(self.study)
+            if held is not None and held.is_me():
+                self._write(released=True)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
 
     def _write(self, *, released: bool = False) -> None:
         self._last = time.time()

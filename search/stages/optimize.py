@@ -97,7 +97,7 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
         out += overlap_problems(cfg.objective.chat, cfg.mtbench.questions)
         out += chat_objective_problems(cfg.objective, cfg.space)
     url = run.storage_url(cfg.search.storage)
-    out += storage_problems(url, creating=run.root) or study_owner_problems(cfg, url)
+    out += storage_problems(url, creating=run.root) or study_owner_problems(cfg, url, run.root)
     field, tok = (("space.tokenizer.source", cfg.space.tokenizer.source) if cfg.space.tokenizer
                   else ("space.tokenizer_source", cfg.space.tokenizer_source))
     if tok and tok not in ("base", "union") and is_local(tok) and not Path(tok).expanduser().is_dir():
@@ -168,7 +168,7 @@ def _changed_sources(study, cfg: RunConfig) -> list[str]:
     return [m for m, fp in recorded.items() if m in now and now[m] != fp]
 
 
-def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
+def study_owner_problems(cfg: RunConfig, url: str, run_dir: Path | None = None) -> list[str]:
     """A study in the storage that another driver is searching now (its lease, :mod:`search.driver.lease`), or
     that another config made (its recorded fingerprint differs): its trials would be mixed with this config's.
     Reads an existing database only (never creates one)."""
@@ -182,7 +182,7 @@ def study_owner_problems(cfg: RunConfig, url: str) -> list[str]:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
         return []
-    other = lease_holder(study)
+    other = lease_holder(study, run_dir)
     if other is not None:
         return [f"study {name!r} in {url} is being searched by {other.describe()}: wait for it to finish, or set "
                 "search.study_name to a new name"]

@@ -44,6 +44,14 @@ def test_a_live_driver_on_this_host_is_refused_with_its_name(study, live_pid):
     assert study.user_attrs[LEASE_ATTR]["pid"] == live_pid  # the holder's lease is left as it was
 
 
+def test_a_lease_of_the_same_run_folder_never_refuses(study, live_pid):
+    """A resume after a crash on another host or in a new container: that folder's writer lock guards it."""
+    plant(study, live_pid, host="node-7")  # run_dir /runs/a
+    assert lease_holder(study, "/runs/a") is None and lease_holder(study, "/runs/b").pid == live_pid
+    StudyLease(study, "/runs/a").take()
+    assert study.user_attrs[LEASE_ATTR]["host"] == socket.gethostname()
+
+
 def test_another_hosts_fresh_lease_is_refused_and_its_stale_one_taken_over(study):
     plant(study, 1, host="node-7")
     with pytest.raises(UserError, match="process 1 on node-7"):
