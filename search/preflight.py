@@ -309,9 +309,8 @@ def disk_full(err: BaseException) -> str | None:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
             return f"{err.strerror}" + (f": {err.filename}" if err.filename else "")
-        text = str(err)
-        if any(mark in text.lower() for mark in _FULL):
-            line = next(ln for ln in text.splitlines() if any(m in ln.lower() for m in _FULL))
+        line = next((ln for ln in str(err).splitlines() if any(m in ln.lower() for m in _FULL)), None)
+        if line is not None:
             return line.strip()[:200]
         err = err.__cause__ or err.__context__
     return None

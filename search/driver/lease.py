@@ -48,16 +48,22 @@ class LeaseHolder:
     beat: float  # time.time() of the last heartbeat
     released: bool = False
 
-    def describe(self, now: float | None = None) -> str:
-        ago = max(0, round((now or time.time()) - self.beat))
+    def describe(self) -> str:
+        ago = max(0, round(time.time() - self.beat))
         return (f"process {self.pid} on {self.host} ({self.command}; run folder {self.run_dir}), "
                 f"last heartbeat {ago} s ago")
+
+    def refusal(self, study_name: str, where: str = "") -> str:
+        """The one line that refuses a second search of ``study_name`` (``where``: e.g. " in URL")."""
+        return (f"study {study_name!r}{where} is being searched by {self.describe()}: wait for it to finish or stop "
+                f"it (its lease goes stale {int(STALE_SECONDS)} s after its last heartbeat), or set "
+                "search.study_name to a new name")
 
     def is_me(self) -> bool:
         return self.pid == os.getpid() and self.host == socket.gethostname()
 
-    def is_live(self, now: float | None = None) -> bool:
-        if self.released or (now or time.time()) - self.beat > STALE_SECONDS:
+    def is_live(self) -> bool:
+        if self.released or time.time() - self.beat > STALE_SECONDS:
             return False
         if self.host == socket.gethostname():
             try:
@@ -110,13 +116,9 @@ class StudyLease:
         if other is None:
             self._write()
             time.sleep(0.05)
-            back = _read(self.study)  # another driver that wrote at the same moment wins or loses here
-            other = back if back is not None and not back.is_me() and back.is_live() and \
-                back.run_dir != self._me.run_dir else None
+            other = lease_holder(self.study, self._me.run_dir)  # another driver that wrote at the same moment
         if other is not None:
-            raise UserError(f"study {self.study.study_name!r} is being searched by {other.describe()}: wait for "
-                            f"it to finish or stop it (its lease goes stale {int(STALE_SECONDS)} s after its last "
-                            "heartbeat), or set search.study_name to a new name")
+            raise UserError(other.refusal(self.study.study_name))
 
     def beat(self) -> None:
         """Renew the lease (at most every ``every`` seconds); raise :class:`UserError` if another driver took

@@ -184,8 +184,7 @@ def study_owner_problems(cfg: RunConfig, url: str, run_dir: Path | None = None) 
         return []
     other = lease_holder(study, run_dir)
     if other is not None:
-        return [f"study {name!r} in {url} is being searched by {other.describe()}: wait for it to finish, or set "
-                "search.study_name to a new name"]
+        return [other.refusal(name, f" in {url}")]
     recorded = study.user_attrs.get(TrialAttr.STUDY_CONFIG)
     keys = config_diff(recorded, study_fingerprint(cfg)) if recorded is not None else []
     if keys:
