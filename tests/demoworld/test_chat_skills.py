@@ -96,23 +96,34 @@ def chat_and_heldout(world, tmp_path_factory):
     return out
 
 
-def skill_mean(scores: dict) -> float:
-    return statistics.mean(scores["categories"][s] for s in SKILLS)
+# The skills whose answers the models can generate. zahlen's answer is a number word from the question, which
+# these 0.4M-parameter character models rank well (held-out log-likelihood) but cannot copy when generating: every
+# model, the zahlen expert included, mostly answers one favourite number, so its chat category measures luck
+# (the zahlen expert 3.6 vs the base 1.2 on one machine's world, 1.8 vs 2.7 on another seed's; docs/demo-world.md).
+GENERATED = ("artikel", "verben")
+
+
+def generated_mean(scores: dict) -> float:
+    return statistics.mean(scores["categories"][s] for s in GENERATED)
 
 
 def test_each_expert_answers_its_own_skill_in_chat_better_than_the_base(chat_and_heldout):
-    base = chat_and_heldout["base"][0]["categories"]
+    base_chat, base_heldout = chat_and_heldout["base"]
     for skill in SKILLS:
-        assert chat_and_heldout[skill][0]["categories"][skill] > base[skill] + 2, skill
+        chat, heldout = chat_and_heldout[skill]
+        assert heldout[skill] > base_heldout[skill] + 0.3, skill  # ranked: every expert, zahlen included
+        if skill in GENERATED:  # generated and judged
+            assert chat["categories"][skill] > base_chat["categories"][skill] + 2, skill
 
 
-def test_chat_evaluation_agrees_with_heldout_on_who_is_best(chat_and_heldout):
+def test_the_merge_keeps_every_skill_above_the_base_in_held_out_and_in_chat(chat_and_heldout):
+    """A merge of the three experts holds all three skills: above the base on every held-out skill and on the chat
+    categories it can generate. Whether it is also above the best expert in chat, as it is on held-out
+    log-likelihood, is not asserted: for a fixed recipe the two disagree on some worlds (log-likelihood and
+    generation disagree for merges), which is why a search can score generated answers (issue 25)."""
+    base_chat, base_heldout = chat_and_heldout["base"]
     merge_chat, merge_heldout = chat_and_heldout["merge"]
-    experts = {s: chat_and_heldout[s] for s in SKILLS}
-    # held-out: the merge is above every expert on the mean over the skills, and so is it in chat
-    assert all(statistics.mean(merge_heldout.values()) > statistics.mean(h.values()) for _, h in experts.values())
-    assert all(skill_mean(merge_chat) > skill_mean(c) for c, _ in experts.values())
-    assert merge_chat["average"] >= max(c["average"] for c, _ in experts.values())
-    by_heldout = max(chat_and_heldout, key=lambda m: statistics.mean(chat_and_heldout[m][1].values()))
-    by_chat = max(chat_and_heldout, key=lambda m: skill_mean(chat_and_heldout[m][0]))
-    assert by_heldout == by_chat == "merge"
+    assert all(merge_heldout[s] > base_heldout[s] + 0.2 for s in SKILLS), (merge_heldout, base_heldout)
+    assert statistics.mean(merge_heldout.values()) > max(statistics.mean(h.values()) for s, (_, h) in
+                                                         chat_and_heldout.items() if s in SKILLS)
+    assert generated_mean(merge_chat) > generated_mean(base_chat) + 0.5, (merge_chat, base_chat)
