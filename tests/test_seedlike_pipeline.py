@@ -24,7 +24,7 @@ def _config(world, tmp_path: Path) -> Path:
         m["model"] = str(world.experts[m["name"]])
     cfg["objective"]["include_paths"] = [str(world.include_path)]
     cfg["objective"]["chat"].update(questions=str(world.chat_questions), rungs=[8, 16, 24])  # fewer questions
-    cfg["search"].update(n_trials=20, workers=1)
+    cfg["search"].update(n_trials=8, workers=1)  # the outcome is not asserted (the verdict is)
     cfg["dpo"]["data"] = {"train": str(world.preferences["train"]), "heldout": str(world.preferences["test"])}
     cfg["dpo"]["train"]["max_steps"] = 8
     cfg["mtbench"].update(questions=str(world.mtbench_questions), limit=4)
@@ -59,7 +59,7 @@ def test_the_report_judges_the_winner_by_its_numbers_and_ships_nothing_below_a_s
     print(f"winner test {winner['test_avg']:.3f} search {winner['search_avg']:.3f}; best source {top} "
           f"search {sources[top]['search_avg']:.3f}; above: {above}")
     report = (run / "report.md").read_text()
-    line = next(x for x in report.splitlines() if x.startswith("- search: the winner's"))
+    line = next(x for x in report.splitlines() if x.startswith("- search: ") and "search-split fitness" in x)
     assert ("**above** every source model" in line) == above and f"(best: {top} " in line, line
     assert "seed-recipe" in report
     ship = json.loads((run / "ship.json").read_text())
