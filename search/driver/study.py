@@ -191,8 +191,10 @@ def open_study(
     directions: list[str] | None = None,
     x0: dict[str, Any] | None = None,
     constrained: bool = False,
+    metric_names: list[str] | None = None,
 ) -> optuna.Study:
-    """Create the study or load it to resume (same name, same storage)."""
+    """Create the study or load it to resume (same name, same storage). ``metric_names``: one label per
+    direction, shown by optuna-dashboard instead of "Objective 0" (kept up to date on a resume)."""
     run = RunDir(run_dir)
     run.root.mkdir(parents=True, exist_ok=True)
     directions = directions or ["maximize"]
@@ -214,6 +216,8 @@ def open_study(
             f"study {study.study_name!r} in {storage} has directions "
             f"{[d.name.lower() for d in study.directions]} but the objective has {directions}: "
             "use another run folder or search.study_name")
+    if metric_names and study.metric_names != metric_names:
+        study.set_metric_names(metric_names)
     return study
 
 

@@ -218,8 +218,9 @@ def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: b
     scfg = cfg.search
     warm = warm_params(cfg)
     directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
+    names = [f"fitness ({cfg.objective.aggregate})"] + ([cfg.objective.secondary.name] if cfg.objective.secondary else [])
     study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
-                       x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints))
+                       x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints), metric_names=names)
     lease = StudyLease(study, str(run.root))
     lease.take()  # before its trials are touched: another driver on a shared study is refused here
     try:

@@ -14,6 +14,9 @@ from pathlib import Path
 import optuna
 import pytest
 
+from search.driver.study import SearchConfig, open_study
+from search.rundir import RunDir
+
 pytestmark = pytest.mark.service  # headless Chromium and an optuna-dashboard server: `make test` only
 BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,9 +33,9 @@ def ensure_chromium() -> str:
 
 def make_run(run: Path) -> None:
     """A run folder as `merge-search search` leaves it: study.db, artifacts/ with trial recipes, run.json."""
-    storage = f"sqlite:///{run / 'study.db'}"
+    storage = RunDir(run).default_storage_url()
     (run / "artifacts").mkdir(parents=True)
-    study = optuna.create_study(study_name="dash-study", storage=storage, direction="maximize")
+    study = open_study(SearchConfig(), name="dash-study", run_dir=run, seed=0, metric_names=["fitness (weighted_mean)"])
     store = optuna.artifacts.FileSystemArtifactStore(str(run / "artifacts"))
     for i, density in enumerate((0.2, 0.6, 0.9)):
         study.enqueue_trial({"zahlen.density": density})
@@ -81,6 +84,7 @@ def test_dashboard_shows_study_trials_and_artifacts(tmp_path):
         sid = studies[0]["study_id"]
         dom = chromium(exe, f"{base}/dashboard/studies/{sid}", tmp_path, "--dump-dom")
         assert "dash-study" in dom and "zahlen.density" in dom and "Best Trial" in dom
+        assert "fitness (weighted_mean)" in dom and "Objective 0" not in dom  # the search names its objective
         trials = chromium(exe, f"{base}/dashboard/studies/{sid}/trials", tmp_path, "--dump-dom")
         assert all(f"Trial {i}" in trials for i in range(3))
         assert "trial-00000.yaml" in trials  # the recipe artifact, from RUN/artifacts

@@ -98,3 +98,15 @@ def test_config_rejects_a_sampler_that_ignores_the_objective(sampler, secondary,
 def test_config_accepts_samplers_that_serve_the_objective(sampler, secondary, constraints):
     cfg = validate(RunConfig, _config(sampler, secondary=secondary, constraints=constraints), "cfg.yaml")
     assert cfg.search.sampler == sampler
+
+
+def test_the_study_names_its_objectives_for_the_dashboard_and_a_resume_keeps_them_current(tmp_path):
+    cfg = SearchConfig(sampler="random")
+    study = open_study(cfg, name="s", run_dir=tmp_path, seed=0, directions=["maximize", "maximize"],
+                       metric_names=["fitness (min)", "english"])
+    assert study.metric_names == ["fitness (min)", "english"]
+    tell(study, [0.5, 0.4], [])
+    again = open_study(cfg, name="s", run_dir=tmp_path, seed=0, directions=["maximize", "maximize"],
+                       metric_names=["fitness (weighted_mean)", "english"])  # the aggregate changed on a resume
+    assert again.metric_names == ["fitness (weighted_mean)", "english"] and len(again.trials) == 1
+    assert load_study(tmp_path).metric_names == ["fitness (weighted_mean)", "english"]
