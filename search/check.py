@@ -13,8 +13,9 @@ endpoint that cannot be verified without the network, named so that nobody takes
   node reports its torch build, CUDA visibility, GPUs and their free memory, free disk, and which local sources
   it sees).
 
-Nothing is created: no run folder, study or output. The judge endpoint is not called here (a probe is a paid
-request): the MT-Bench stage probes it before answering (``mtbench.judge.probe``).
+Nothing is created: no run folder, study or output. An OpenAI-compatible judge is asked only for its model list
+(``GET /models``, free) and its key variable is checked; no paid request is made (the MT-Bench stage sends its
+probe before answering, ``mtbench.judge.probe``).
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def _judge_rows(cfg: RunConfig) -> list[CheckRow]:
         import urllib.request
 
         key = os.environ.get(judge.api_key_env or "", "")
+        if judge.api_key_env and not key:
+            rows.append(CheckRow(f"{what} key", FAILED, f"{judge.api_key_env} is not set: export the judge's API key "
+                                                        f"as {judge.api_key_env} before the run"))
         request = urllib.request.Request(judge.base_url.rstrip("/") + "/models",
                                          headers={"Authorization": f"Bearer {key}"} if key else {})
         try:

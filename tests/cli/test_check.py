@@ -24,3 +24,18 @@ def test_check_prints_every_row_and_fails_on_a_problem(world, tmp_path, capsys):
     table = capsys.readouterr().out
     assert "failed               devices" in table and "sees no GPU" in table and "checks not ok" in table
     assert not out.exists()  # a check creates nothing
+
+
+def test_check_names_an_unset_judge_key_in_its_own_row(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MS_TEST_JUDGE_KEY", raising=False)
+    data = config_data(world)
+    data["mtbench"] = {**data.get("mtbench", {}), "judge": {"backend": "openai", "model": "gpt-4",
+                       "base_url": "http://127.0.0.1:9/v1", "api_key_env": "MS_TEST_JUDGE_KEY"}}
+    path = tmp_path / "judge.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2
+    rows = [line for line in capsys.readouterr().out.splitlines() if "mtbench judge" in line]
+    assert any(r.startswith("failed") and "MS_TEST_JUDGE_KEY is not set" in r for r in rows), rows
+    monkeypatch.setenv("MS_TEST_JUDGE_KEY", "sk-test")
+    assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2  # the endpoint still cannot be reached
+    assert "MS_TEST_JUDGE_KEY is not set" not in capsys.readouterr().out
