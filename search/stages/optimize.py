@@ -217,10 +217,11 @@ def run_search(cfg: RunConfig, run_dir: str | Path, *, address: str | None = Non
 def _run_search(cfg: RunConfig, run: RunDir, *, address: str | None, progress: bool) -> SearchSummary:
     scfg = cfg.search
     warm = warm_params(cfg)
-    directions = ["maximize", "maximize"] if cfg.objective.secondary else ["maximize"]
-    names = [f"fitness ({cfg.objective.aggregate})"] + ([cfg.objective.secondary.name] if cfg.objective.secondary else [])
-    study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=directions,
-                       x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints), metric_names=names)
+    secondary = cfg.objective.secondary
+    names = [f"fitness ({cfg.objective.aggregate})"] + ([secondary.name] if secondary else [])  # one per objective
+    study = open_study(scfg, name=cfg.name, run_dir=run.root, seed=cfg.seed, directions=["maximize"] * len(names),
+                       x0=warm[0] if warm else None, constrained=bool(cfg.objective.constraints),
+                       metric_names=names)
     lease = StudyLease(study, str(run.root))
     lease.take()  # before its trials are touched: another driver on a shared study is refused here
     try:

@@ -1,7 +1,8 @@
 """End to end on the demo world: the demo's DPO settings (configs/dpo-demo.yaml, the regularised default loss)
 on a merge of the world's experts widen the held-out preference margin and raise the chosen answers' likelihood
 without lowering preference accuracy, warn of likelihood displacement exactly when it happened, keep the best
-held-out checkpoint, change the LoRA weights, and the merged model loads and chats. One run of ``merge-search dpo --recipe`` shared by all."""
+held-out checkpoint, change the LoRA weights, and the merged model loads and chats. One run of
+``merge-search dpo --recipe`` shared by all."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def run(world, tmp_path_factory):
 
 def test_heldout_margin_and_chosen_likelihood_rise_and_accuracy_does_not_fall(run, capsys):
     m = json.loads((run / "metrics.json").read_text())
+    dpo = yaml.safe_load((run / "config.yaml").read_text())["dpo"]
     assert set(m) == {"heldout_before", "heldout_after", "train", "warnings"}
     scores = {"pref_accuracy", "reward_margin", "n", "chosen_logp", "chosen_logp_per_token", "rejected_logp"}
     assert set(m["heldout_before"]) == scores and set(m["heldout_after"]) == scores | {"chosen_less_likely"}
@@ -63,14 +65,14 @@ def test_heldout_margin_and_chosen_likelihood_rise_and_accuracy_does_not_fall(ru
     assert after["pref_accuracy"] >= before["pref_accuracy"]
     assert after["reward_margin"] > before["reward_margin"]
     assert after["chosen_logp_per_token"] > before["chosen_logp_per_token"]
-    share = yaml.safe_load((run / "config.yaml").read_text())["dpo"]["displacement_share"]
-    expected = displacement_warning(before, after, share)  # where more than that share lost probability, it says so
+    # where more than dpo.displacement_share of them lost probability, it says so
+    expected = displacement_warning(before, after, dpo["displacement_share"])
     assert m["warnings"] == ([expected] if expected else [])
     steps = m["train"]["steps"]
-    assert steps == yaml.safe_load((run / "config.yaml").read_text())["dpo"]["train"]["max_steps"]
+    assert steps == dpo["train"]["max_steps"]
     assert m["train"]["reward_accuracy"] > 0.5
     assert m["train"]["best_checkpoint"] == "loss" and 1 <= m["train"]["best_step"] <= steps
-    every = int(yaml.safe_load((run / "config.yaml").read_text())["dpo"]["train"]["eval_steps"])
+    every = int(dpo["train"]["eval_steps"])
     evals = [h["step"] for h in json.loads((run / "log_history.json").read_text()) if "eval_loss" in h]
     # the held-out evaluations the best checkpoint was picked from, then the implicit-reward one on train pairs
     assert evals == [*range(every, steps + 1, every), steps]
