@@ -7,7 +7,7 @@ import math
 import random
 
 import torch
-from tqdm.auto import tqdm
+from objectives.progress import progress_bar
 from transformers import MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
 
 __all__ = ["model_config", "new_model", "say", "train", "train_lm"]
@@ -95,7 +95,7 @@ def train_lm(
 
 def train(model, tok, docs, *, steps, lr, seed, warmup, desc, quiet):
     """:func:`train_lm` with a progress bar named ``desc`` (none when ``quiet``)."""
-    bar = tqdm(total=steps, desc=desc, disable=quiet, leave=False, mininterval=1.0)
+    bar = progress_bar(total=steps, desc=desc, unit="step", disable=quiet)
 
     def tick(loss: float) -> None:
         bar.update(1)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tqdm.auto import tqdm
+from objectives.progress import progress_bar
 
 from objectives.objective import cpu_threads
 
@@ -78,7 +78,7 @@ def sequence_logps(model, sequences: Sequence[tuple[list[int], int]], *, batch_s
     model.eval()
     out: list[float] = []
     batches = range(0, len(sequences), batch_size)
-    for i in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+    for i in progress_bar(batches, desc=desc or "", unit="batch", disable=desc is None):
         chunk = sequences[i:i + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)

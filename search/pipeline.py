@@ -20,7 +20,6 @@ that made it (``RUN/resolved.yaml``): a config whose first-stage sections differ
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -131,7 +130,8 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
                  only: str | None = None, address: str | None = None, progress: bool | None = None) -> RunDir:
     """Run (or resume) every stage of the resolved ``cfg`` in ``run_dir`` (default ``results/<name>``).
 
-    ``progress``: the search's live view (default: when stderr is a terminal). Raises
+    ``progress``: the search's progress (default on: a live view on a terminal, a line per finished trial in a
+    log; False: none). Raises
     :class:`StageInterrupted` (a ``KeyboardInterrupt``) when a stage was stopped; the next call resumes it."""
     selected = _selected(from_stage, only)
     names = stage_names()
@@ -147,7 +147,7 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
         raise UserError(f"stage {before[0]!r} is stale ({stale[before[0]]}): re-run from stage {before[0]!r} (or "
                         "run the whole pipeline) before stage " + repr(selected[0]))
     redo = set(selected) if (from_stage or only) else set()
-    ctx = StageContext(address=address, progress=sys.stderr.isatty() if progress is None else progress)
+    ctx = StageContext(address=address, progress=True if progress is None else progress)
     for name in selected:
         if name in stale and name not in redo:
             ctx.log(f"{name}: stale ({stale[name]}): redone")

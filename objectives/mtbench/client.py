@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 
 import aiohttp
-from tqdm.auto import tqdm
+from objectives.progress import progress_bar
 
 from objectives.errors import UserError
 
@@ -114,7 +114,7 @@ async def _run(s: HttpSettings, requests: list[tuple[list[dict], float]], desc: 
             on_reply(i, reply)
         return reply
 
-    with tqdm(total=len(requests), desc=desc, leave=False) as bar:
+    with progress_bar(total=len(requests), desc=desc, unit="request") as bar:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             tasks = [asyncio.ensure_future(one(i, m, t, bar)) for i, (m, t) in enumerate(requests)]
             try:

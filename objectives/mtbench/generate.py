@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from tqdm.auto import tqdm
+from objectives.progress import progress_bar
 
 from objectives.errors import UserError
 from objectives.mtbench.cache import ReplyCache, cached_replies
@@ -122,7 +122,7 @@ class LocalChatModel:
             cur.append(i)
         batches += [cur] if cur else []
         out: list[str] = [""] * len(encoded)
-        with tqdm(total=len(encoded), desc=desc, leave=False, disable=not self.progress) as bar, torch.no_grad():
+        with progress_bar(total=len(encoded), desc=desc, unit="prompt", disable=not self.progress) as bar, torch.no_grad():
             for batch in batches:
                 for i, text in zip(batch, self._generate([encoded[i] for i in batch], temperatures[batch[0]], max_new_tokens)):
                     out[i] = text

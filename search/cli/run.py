@@ -18,7 +18,7 @@ def _cmd(args: argparse.Namespace) -> int:
         raise UserError("--from and --only exclude each other: pass one of them")
     types.refuse_other_writer(args.config, args.out)
     run = run_pipeline(load_run_config(args.config), args.out, from_stage=args.from_stage, only=args.only,
-                       address=args.address)
+                       address=args.address, progress=not args.no_progress)
     print(f"\nreport: {run.report}")
     print(headline(run.root))
     return 0
@@ -34,4 +34,6 @@ def register(subparsers) -> None:
     p.add_argument("--from", dest="from_stage", choices=stage_names(), help="re-run this stage and every later one")
     p.add_argument("--only", choices=stage_names(), help="re-run just this stage (earlier ones must be done)")
     p.add_argument("--address", help="Ray cluster address to join (default: a local Ray)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress display (default: a live view on a terminal, periodic lines in a log)")
     p.set_defaults(func=_cmd)

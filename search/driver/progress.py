@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,12 @@ __all__ = ["ProgressView"]
 
 
 class ProgressView:
-    """Live rich view: trial counts, best so far, elapsed and ETA; a summary table when closed."""
+    """Trial counts, best so far, elapsed and ETA; a summary table when closed.
 
-    def __init__(self, driver: Driver):
+    On a terminal a live rich view; in a log (stderr is a file, a Ray job's log, CI) one line each time a trial
+    finishes and at least every ``every`` seconds while none does (:meth:`line`)."""
+
+    def __init__(self, driver: Driver, every: float = 300.0):
         from rich.console import Console
         from rich.live import Live
 
@@ -26,8 +30,11 @@ class ProgressView:
         self.t0 = time.perf_counter()
         self.done0 = driver.finished_in_study()
         self.console = Console(stderr=True)
-        self.live = Live(self._render(), console=self.console, auto_refresh=False, transient=True)
-        self.live.start()
+        self.every, self._said = every, (None, self.t0)
+        self.live = None
+        if self.console.is_terminal:
+            self.live = Live(self._render(), console=self.console, auto_refresh=False, transient=True)
+            self.live.start()
 
     def _counts(self) -> dict[str, int]:
         counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
@@ -49,14 +56,25 @@ class ProgressView:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
         return f"#{best.number}: {value}", params
 
+    def _eta(self) -> str:
+        d = self.driver
+        elapsed, done = time.perf_counter() - self.t0, d.finished_in_study() - self.done0
+        return f"{elapsed / done * max(0, d.n_trials - d.finished_in_study()):.0f}s" if done else "?"
+
+    def line(self) -> str:
+        """The log line: ``search: 5/40 finished (complete 4, pruned 1, failed 0, running 2); best #3: 0.6123;
+        elapsed 120s, ETA 840s``."""
+        d, c = self.driver, self._counts()
+        best, _ = self._best()
+        return (f"search: {d.finished_in_study()}/{d.n_trials} finished (complete {c['complete']}, pruned "
+                f"{c['pruned']}, failed {c['fail']}, running {c['running']}); best {best}; elapsed "
+                f"{time.perf_counter() - self.t0:.0f}s, ETA {self._eta()}" + ("; stopping" if d.stopping else ""))
+
     def _render(self):
         from rich.table import Table
 
         d, c = self.driver, self._counts()
-        elapsed = time.perf_counter() - self.t0
-        done = d.finished_in_study() - self.done0
-        left = max(0, d.n_trials - d.finished_in_study())
-        eta = f"{elapsed / done * left:.0f}s" if done else "?"
+        elapsed, eta = time.perf_counter() - self.t0, self._eta()
         best, params = self._best()
         table = Table(title=f"merge-search: study {d.study.study_name}", show_header=False)
         table.add_row("trials", f"complete {c['complete']}  running {c['running']}  failed {c['fail']}  "
@@ -68,10 +86,17 @@ class ProgressView:
         return table
 
     def update(self) -> None:
-        self.live.update(self._render(), refresh=True)
+        if self.live is not None:
+            self.live.update(self._render(), refresh=True)
+            return
+        finished, now = self.driver.finished_in_study(), time.perf_counter()
+        if finished != self._said[0] or now - self._said[1] >= self.every:
+            print(self.line(), file=sys.stderr, flush=True)
+            self._said = (finished, now)
 
     def close(self) -> None:
-        self.live.stop()
+        if self.live is not None:
+            self.live.stop()
         self.console.print(self.summary())
 
     def summary(self):

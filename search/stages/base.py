@@ -39,7 +39,7 @@ class StageContext:
     """What a stage's ``run`` gets besides the config and the run folder."""
 
     address: str | None = None  # Ray cluster to join (None: a private local Ray)
-    progress: bool = False  # live progress views (default: when stderr is a terminal)
+    progress: bool = False  # progress views: live on a terminal, periodic lines in a log (objectives.progress)
     log: Callable[[str], None] = field(default=_stderr)  # one-line progress messages
     redo: bool = False  # the stage is re-run on purpose (from_stage/only): earlier results of it are replaced
 

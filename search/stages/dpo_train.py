@@ -150,14 +150,15 @@ def dpo_args(cfg: DPOStageConfig, rt: Runtime, out: DPOOutputs):
 def _step_bar():
     """A transformers ``TrainerCallback``: one progress bar over the training steps with the latest loss and
     implicit-reward accuracy, in place of the Trainer's printed log dicts."""
-    from tqdm.auto import tqdm
     from transformers import TrainerCallback
+
+    from objectives.progress import progress_bar
 
     class StepBar(TrainerCallback):
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc="DPO", unit="step", leave=False)
+            self.bar = progress_bar(total=state.max_steps, desc="DPO", unit="step")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)

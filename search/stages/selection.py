@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from objectives.progress import progress_bar
 
 from objectives.errors import UserError
 from objectives.objective import Objective, cpu_threads
@@ -63,7 +63,7 @@ def item_matrix(cfg: RunConfig, run: RunDir, *, progress: bool = True) -> ItemMa
     if run.item_matrix.is_file():
         return _load(run.item_matrix, names, objective)
     per_source = []
-    for c in tqdm(sources, desc="item matrix: scoring the sources", unit="model", disable=not progress):
+    for c in progress_bar(sources, desc="item matrix: scoring the sources", unit="model", disable=not progress):
         model, tok = c.load()
         with cpu_threads(cfg.objective.threads, model.device):
             per_source.append(objective.score(model, tok, split="search", rung=-1).values)
