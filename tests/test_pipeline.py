@@ -30,16 +30,17 @@ def reduced_config(world, tmp_path: Path) -> Path:
         m["model"] = str(world.experts[m["name"]])
     cfg["objective"]["include_paths"] = [str(world.include_path)]
     for t in cfg["objective"]["tasks"]:
-        t["subset"] = 60
+        t.update(subset=60, heldout=60)  # held-out: 60 of each test task's documents
     cfg["objective"]["rungs"] = [30, "all"]
     cfg["objective"]["chat"].update(questions=str(world.chat_questions), rungs=[4, 8])  # chat in the workers too
     cfg["search"] = {**cfg.get("search", {}), "n_trials": 5, "workers": 1, "n_startup_trials": 3}
     cfg["dpo"] = {**cfg.get("dpo", {}), "data": {"train": str(world.preferences["train"]),
-                                                 "heldout": str(world.preferences["test"])}}
+                                                 "heldout": str(world.preferences["test"]),
+                                                 "train_eval_rows": 48, "heldout_eval_rows": 48}}
     cfg["dpo"].setdefault("train", {})["max_steps"] = 6
     cfg["mtbench"] = {**cfg.get("mtbench", {}), "questions": str(world.mtbench_questions), "limit": 2,
                       "max_new_tokens": 12}
-    cfg["pipeline"] = {"top_k": 2, "mtbench_sources": False}
+    cfg["pipeline"] = {"top_k": 1, "mtbench_sources": False}
     path = tmp_path / "pipe.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -81,6 +82,8 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     out, err = first.communicate(timeout=900)
     res = subprocess.CompletedProcess(first.args, first.returncode, out, err)
     assert res.returncode == 0, res.stderr[-3000:]
+    # stderr is a file here, as in a cluster job's log: progress comes as whole lines, no redrawn bars
+    assert "\r" not in err and "search: 5/5 finished (complete " in err and "\nDPO: 6/6 step (100%)" in err
     after = trials(run)
     kept = {t.number: (t.params, t.datetime_complete) for t in after if t.number in before}
     assert kept == before  # completed trials were kept as they were, not re-run
@@ -99,6 +102,11 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     assert {m["kind"] for m in heldout.values()} == {"source", "recipe", "trial"}
     report = (run / "report.md").read_text()
     assert "## Held-out evaluation" in report and "preference accuracy" in report
+    for card in (run / "model-card.md", run / "dpo" / "model" / "README.md"):  # hub cards: the merge, beside DPO's weights
+        meta = yaml.safe_load(card.read_text().split("---", 2)[1])
+        assert len(meta["base_model"]) == 4 and "merge" in meta["tags"], card
+    assert "## DPO" in (run / "dpo" / "model" / "README.md").read_text()
+    assert "## Held-out scores" in (run / "model-card.md").read_text()
     assert "report.md" in res.stdout  # the command ends by saying where the report is
 
     # A third run recomputes nothing: every stage is skipped and no file changes.

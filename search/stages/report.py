@@ -47,7 +47,7 @@ def run(cfg, run: RunDir, ctx: StageContext) -> Path:
     """``RUN/report.md`` and ``RUN/plots/`` (:func:`write_report`) with the run's study."""
     from search.driver.study import load_study
 
-    return write_report(run.root, load_study(run.root))
+    return write_report(run.root, load_study(run.root), cfg)
 
 
 def _load(path: Path) -> Any | None:
@@ -241,8 +241,9 @@ def _verdict_section(run: RunDir, winner: int | None) -> list[str]:
     return lines + [""]
 
 
-def write_report(run: str | Path, study=None) -> Path:
-    """Write ``RUN/report.md`` and ``RUN/plots/*.png``; returns the report path."""
+def write_report(run: str | Path, study=None, cfg=None) -> Path:
+    """Write ``RUN/report.md``, ``RUN/plots/*.png`` and ``RUN/model-card.md`` (``cfg``, the run's config, adds
+    the search and DPO settings to the card); returns the report path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +256,10 @@ def write_report(run: str | Path, study=None) -> Path:
     if best:
         ship = ship_decision(run)
         chat = chat_scores(run)
-        write_model_card(run, run.root.name, best, ship.to_json() if ship else None, chat.scores, chat.measure)
+        merge_scores = _load(run.mtbench_model("merge") / SCORES_FILE)
+        write_model_card(run, run.root.name, best, ship.to_json() if ship else None, chat.scores, chat.measure,
+                         cfg=cfg, study=study, heldout=heldout, dpo_metrics=_load(run.dpo.metrics),
+                         measured_with=merge_scores.get("measured_with") if isinstance(merge_scores, dict) else None)
         lines += [f"Model card for publishing the merge: [{run.model_card.name}]({run.model_card.name}).", ""]
     lines += ["## Search", ""]
     if study is not None:
