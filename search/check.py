@@ -57,20 +57,33 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
         run.root, what="run folder", inputs=local_models(models)), str(run.root))
     rows += _rows("ray address", ray_problems(address), address or "a private local Ray")
     rows += _rows("devices", device_problems(cfg, address), f"device {cfg.device}")
+    about: dict[str, list[str]] = {m: [] for m in models}  # a stage's problem naming a source: that source's row
     for stage in STAGES:
         try:
             problems = stage.problems(cfg, run)
         except UserError as err:
             problems = [str(err)]
-        rows += _rows(f"stage {stage.NAME}", problems)
-    rows += [_source_row(m) for m in models]
+        own = []
+        for problem in problems:
+            named = [m for m in models if problem.startswith(f"model {m!r}")]
+            for m in named:
+                about[m].append(problem)
+            if not named:
+                own.append(problem)
+        if own or not problems:  # a stage whose every problem is about a source: those rows say it
+            rows += _rows(f"stage {stage.NAME}", own)
+    rows += [_source_row(m, about[m]) for m in models]
     rows += _memory_rows(cfg, models)
     rows += _judge_rows(cfg)
     rows += _machine_rows(cfg, models, address)
     return rows
 
 
-def _source_row(model: str) -> CheckRow:
+def _source_row(model: str, problems: list[str]) -> CheckRow:
+    """One row per source: failed with the stages' problems about it (the run would refuse), else where it is."""
+    if problems:
+        token = "" if is_local(model) or os.environ.get("HF_TOKEN") else "; no HF_TOKEN (gated models need one)"
+        return CheckRow(f"source {model}", FAILED, "; ".join(problems) + token)
     if is_local(model):
         return CheckRow(f"source {model}", OK if Path(model).expanduser().is_dir() else MISSING,
                         "local folder" if Path(model).expanduser().is_dir() else "no such folder")

@@ -39,3 +39,16 @@ def test_check_names_an_unset_judge_key_in_its_own_row(world, tmp_path, capsys, 
     monkeypatch.setenv("MS_TEST_JUDGE_KEY", "sk-test")
     assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2  # the endpoint still cannot be reached
     assert "MS_TEST_JUDGE_KEY is not set" not in capsys.readouterr().out
+
+
+def test_a_source_missing_from_the_cache_is_one_failed_row(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a cluster node without the hub
+    data = config_data(world)
+    data["space"]["models"][0]["model"] = "nobody/not-cached-7b"
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2
+    rows = [line for line in capsys.readouterr().out.splitlines() if "nobody/not-cached-7b" in line]
+    rows = [r for r in rows if "memory plan" not in r]  # the plan names it too: no headers to plan from
+    assert len(rows) == 1 and rows[0].startswith("failed") and "source nobody/not-cached-7b" in rows[0], rows
+    assert "not in the local Hugging Face cache" in rows[0]
