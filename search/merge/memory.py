@@ -6,7 +6,8 @@ overhead. Sizes come from the safetensors headers alone (8-byte length + JSON: e
 so a 7B plan is made without reading a weight, and the same arithmetic is checked on header-only fixtures.
 
 :func:`plan` returns a :class:`MemoryPlan`; ``cache_sources: auto`` caches when :attr:`MemoryPlan.cached`
-fits the worker's share of the device (``torch.cuda.mem_get_info`` on a GPU, available RAM on the CPU) and
+fits the worker's share of the device (``torch.cuda.mem_get_info`` on a GPU, available RAM on the CPU) with
+:data:`HEADROOM` to spare, and
 re-reads sources otherwise (slower per trial, same weights).
 """
 
@@ -19,13 +20,17 @@ from pathlib import Path
 
 from objectives.errors import UserError
 
-__all__ = ["DTYPE_BYTES", "MemoryPlan", "available_bytes", "header_params", "plan", "resolve_cache_sources"]
+__all__ = ["DTYPE_BYTES", "HEADROOM", "MemoryPlan", "available_bytes", "header_params", "plan", "resolve_cache_sources"]
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 _TORCH_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 EVAL_SHARE = 0.15  # activations, KV cache and scratch of evaluation, as a share of one model's bytes
 DEVICE_OVERHEAD = 1 << 30  # CUDA context and allocator slack (1 GiB)
+# ``auto`` caches only when the plan leaves this share of the free memory unused: the allocator's fragmentation
+# across many differently sized tensors and mergekit's per-tensor scratch are not in the plan (at 7B x 4 in
+# bfloat16 the plan is 70.5 GiB: inside an 80 GB card's ~79 GiB free, but not safely)
+HEADROOM = 0.15
 
 
 def _local(model: str | Path) -> Path:
@@ -85,6 +90,10 @@ class MemoryPlan:
     def cached(self) -> int:
         return self.sources + self.candidate + self.evaluation + self.overhead
 
+    def fits(self, available: int) -> bool:
+        """Whether the cached plan fits ``available`` bytes with :data:`HEADROOM` to spare."""
+        return self.cached <= available * (1 - HEADROOM)
+
     @property
     def streamed(self) -> int:
         """Without cached sources: the candidate, one tensor at a time of the sources (taken as 10% of one), eval."""
@@ -97,7 +106,7 @@ class MemoryPlan:
                f"cache_sources: false needs {_size(self.streamed)} per worker (sources re-read every trial)"]
         if available is not None:
             out.append(f"available per worker: {_size(available)} -> auto picks "
-                       f"{'true' if self.cached <= available else 'false'}")
+                       f"{'true' if self.fits(available) else 'false'} (caching needs {HEADROOM:.0%} of it to spare)")
         return out
 
 
@@ -138,4 +147,4 @@ def resolve_cache_sources(setting: bool | str, models: list[str | Path], dtype: 
         p = plan(models, dtype, device=device)
     except UserError:
         return True
-    return p.cached <= available_bytes(device, workers_per_device)
+    return p.fits(available_bytes(device, workers_per_device))

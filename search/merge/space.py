@@ -125,7 +125,8 @@ class SpaceConfig(Strict):
         "sources' most common) or a Jinja template; null: the tokenizer source's own"))
     cache_sources: bool | Literal["auto"] = pydantic.Field("auto", description=(
         "keep source tensors on the merge device between candidates (memory: all sources; faster trials); `auto`: "
-        "when the sources' headers say they fit the worker's share of the device (search.merge.memory)"))
+        "when the sources' headers say they fit the worker's share of the device with 15% to spare "
+        "(search.merge.memory)"))
     # Granularity: a gradient of ``layer_groups`` values per searched per-model parameter, and/or one value
     # per filter (e.g. ``self_attn``, ``mlp``) plus one for all other tensors.
     layer_groups: int | None = pydantic.Field(default=None, ge=2)

@@ -50,6 +50,8 @@ def test_a_7b_plan_from_header_only_files(tmp_path):
     assert 70 * GIB < p.cached < 72 * GIB  # does not fit an 80 GB card once CUDA's own use is counted ...
     assert p.streamed < 20 * GIB  # ... while re-reading the sources does
     assert any("auto picks false" in line for line in p.lines(available=64 * GIB))
+    assert not p.fits(79 * GIB)  # an 80 GB card's free memory: not safely
+    assert p.fits(int(p.cached / 0.84)) and not p.fits(int(p.cached / 0.86))  # 15% to spare
     assert any("auto picks true" in line for line in p.lines(available=130 * GIB))
     assert plan(sources, "float32", device="cpu").candidate == 2 * model  # dtype counts, no device overhead
 
