@@ -62,3 +62,21 @@ def test_fasteval_prompt_file_by_path(fasteval_dir):
     assert msgs[0] == {"role": "system", "content": raw["single-v1-multi-turn"]["system_prompt"]}
     assert msgs[1]["content"] == raw["single-v1-multi-turn"]["prompt_template"].format(
         question_1=q.turns[0], question_2=q.turns[1], answer_1="A1", answer_2="A2")
+
+
+def test_fastchat_jsonl_prompts_read_as_the_same_prompts(fasteval_dir, tmp_path):
+    """FastChat's judge_prompts.jsonl layout (one record per line, keyed by `name`, with fields FastChat adds)."""
+    raw = json.loads((fasteval_dir / "judge_prompts_de.json").read_text())
+    lines = [json.dumps({"name": name, "type": "single", "category": "general", "output_format": "[[rating]]",
+                         **rec}) for name, rec in raw.items()]
+    jsonl = tmp_path / "judge_prompts.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n\n")
+    assert load_prompts(jsonl) == load_prompts(fasteval_dir / "judge_prompts_de.json")
+    short = tmp_path / "short.jsonl"
+    short.write_text("\n".join(line for line in lines if '"single-math-v1"' not in line))
+    with pytest.raises(UserError, match="'single-math-v1' is missing"):
+        load_prompts(short)
+    nameless = tmp_path / "nameless.jsonl"
+    nameless.write_text(json.dumps({"prompt_template": "x"}) + "\n")
+    with pytest.raises(UserError, match="not a FastEval/FastChat judge prompts file"):
+        load_prompts(nameless)
