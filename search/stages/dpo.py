@@ -48,7 +48,7 @@ from search.stages.chat_templates import merge_template
 from search.dpo_config import DPOStageConfig
 from search.stages.dpo_train import best_step, load_base, log, resolve_runtime, save_outputs, train, train_metrics
 from search.stages.generation_check import generation_scores, generation_warning
-from search.stages.model_card import card_header, dpo_lines, sources_of
+from search.stages.model_card import write_dpo_card
 from search.stages.plots import plot_loss
 
 __all__ = [
@@ -134,21 +134,11 @@ def run(cfg: RunConfig, run: RunDir, ctx: StageContext) -> dict:
             if warning:
                 log(f"WARNING: {warning}")
             atomic.write_json(out.metrics, metrics, indent=2)
-        _write_card(cfg, run, record, out, metrics)
+        write_dpo_card(out.model / "README.md", run.root.name, record, run.best_yaml.name,
+                       language=cfg.mtbench.language, dpo_cfg=cfg.dpo, metrics=metrics)
         return metrics
 
     return atomic.build(run.dpo.root, lambda stage: work(DPOOutputs(stage)))
-
-
-def _write_card(cfg: RunConfig, run: RunDir, record, out: DPOOutputs, metrics: dict) -> None:
-    """``dpo/model/README.md``: the Hugging Face card beside the weights (sources, recipe, DPO settings and what
-    they did); the final measure is rated later, in the run's report."""
-    lines = card_header(f"{run.root.name}: a merge of {len(sources_of(record))} models, after DPO", record,
-                        run.best_yaml.name, language=cfg.mtbench.language, tags=("dpo",))
-    lines += dpo_lines(cfg.dpo, metrics)
-    lines += ["The MT-Bench stage rates this model after this card is written: see the run's report.md "
-              "(`merge+dpo`) and ship.json for the model to ship.", ""]
-    atomic.write_text(out.model / "README.md", "\n".join(lines))
 
 
 def _pairs(source: str, split: str, tokenizer, cfg: DPOStageConfig) -> tuple[list[dict], dict]:
@@ -203,9 +193,14 @@ def data_problems(cfg: DPOStageConfig) -> list[str]:
             continue
         if Path(source).suffix.lower() in prefdata.FILE_TYPES or not local:
             try:
-                prefdata.normalise(prefdata.load_rows(source, split=split), source, cfg.data.columns)
+                rows = prefdata.load_rows(source, split=split)
+                pairs, _, bad = prefdata.normalise(rows, source, cfg.data.columns)
             except UserError as err:
                 problems.append(str(err))
+                continue
+            if not local:
+                log(f"{key} {source!r} (local hub cache, split {split!r}): {len(rows)} rows, {len(pairs)} usable pairs"
+                    + (f" ({bad.count} bad)" if bad.count else ""))
     return problems
 
 

@@ -29,7 +29,7 @@ from search import atomic
 from search.merge.sources import is_local
 from search.rundir import RunDir, TrialRecord
 
-__all__ = ["card_header", "dpo_lines", "licence", "sources_of", "write_model_card"]
+__all__ = ["card_header", "dpo_lines", "licence", "sources_of", "write_dpo_card", "write_model_card"]
 
 
 def licence(model: str) -> str:
@@ -193,3 +193,16 @@ def write_model_card(run: RunDir, cfg_name: str, record: TrialRecord, ship: dict
                   "```json", json.dumps(ship, indent=1), "```", ""]
     atomic.write_text(run.model_card, "\n".join(lines))
     return run.model_card
+
+
+def write_dpo_card(path: Path, run_name: str, record: TrialRecord, recipe_file: str, *, language: str | None,
+                   dpo_cfg, metrics: Mapping[str, Any]) -> Path:
+    """``dpo/model/README.md``: the Hugging Face card beside the DPO model's weights (sources, recipe, DPO settings
+    and what they did); the final measure is rated later, in the run's report."""
+    lines = card_header(f"{run_name}: a merge of {len(sources_of(record))} models, after DPO", record, recipe_file,
+                        language=language, tags=("dpo",))
+    lines += dpo_lines(dpo_cfg, metrics)
+    lines += ["The MT-Bench stage rates this model after this card is written: see the run's report.md "
+              "(`merge+dpo`) and ship.json for the model to ship.", ""]
+    atomic.write_text(path, "\n".join(lines))
+    return path

@@ -32,6 +32,7 @@ __all__ = [
     "BadRows",
     "Pair",
     "check_lengths",
+    "hub_snapshot",
     "detect_layout",
     "in_hub_cache",
     "load_rows",
@@ -88,8 +89,9 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
             if path.suffix.lower() == ".jsonl":
                 _check_jsonl(path, source)
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:
-            ds = datasets.load_dataset(source, split=split)
+        else:  # a copy in the local hub cache (`huggingface-cli download --repo-type dataset ID`) needs no network
+            snapshot = hub_snapshot(source)
+            ds = datasets.load_dataset(str(snapshot) if snapshot else source, split=split)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types (connection, arrow, split)
@@ -99,14 +101,21 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
     return list(ds)
 
 
-def in_hub_cache(dataset_id: str) -> bool:
-    """Whether a Hugging Face dataset id has files in the local hub cache (checked without the network)."""
+def hub_snapshot(dataset_id: str) -> Path | None:
+    """The folder of a Hugging Face dataset id's snapshot in the local hub cache, found without the network (None:
+    not cached). ``datasets.load_dataset(ID)`` does not read it offline (it wants its own prepared cache), the
+    folder loads like any local dataset folder."""
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import snapshot_download
 
-        return any(r.repo_type == "dataset" and r.repo_id == dataset_id for r in scan_cache_dir().repos)
-    except Exception:  # noqa: BLE001 -- no cache folder yet, or an unreadable one: nothing cached
-        return False
+        return Path(snapshot_download(dataset_id, repo_type="dataset", local_files_only=True))
+    except Exception:  # noqa: BLE001 -- not cached, no cache folder yet, or not a repo id
+        return None
+
+
+def in_hub_cache(dataset_id: str) -> bool:
+    """Whether a Hugging Face dataset id has a snapshot in the local hub cache (checked without the network)."""
+    return hub_snapshot(dataset_id) is not None
 
 
 def _check_jsonl(path: Path, source: str) -> None:

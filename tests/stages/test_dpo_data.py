@@ -133,3 +133,42 @@ def test_cli_errors_exit_2(tmp_path, world, capsys, monkeypatch):
     assert "re-merged (seed 0, cpu) to weights_sha256" in err and "0" * 64 in err
     assert (tmp_path / ".c.staging" / "base" / "merge.json").is_file()  # kept for a look, beside the output
     assert not (tmp_path / "c").exists()  # a failed stage swaps nothing in
+
+
+def _hub_cache_dataset(cache, repo_id: str, files: dict[str, list[dict]]) -> None:
+    """A dataset repo as `huggingface-cli download --repo-type dataset` leaves it in the hub cache."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"datasets--{repo_id.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    for name, rows in files.items():
+        path = root / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _jsonl(path, rows)
+
+
+def test_a_hub_dataset_in_the_local_cache_is_read_offline_and_checked_before_the_run(tmp_path, monkeypatch, capsys):
+    import huggingface_hub.constants
+
+    from search.stages.dpo import data_problems
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a node without the hub
+    _hub_cache_dataset(cache, "owner/prefs-de", {"data/train.jsonl": ORCA, "data/test.jsonl": ORCA[:2]})
+    _hub_cache_dataset(cache, "owner/other", {"data/train.jsonl": [{"frage": "Wer?", "antwort": "Ich."}]})
+    assert prefdata.in_hub_cache("owner/prefs-de") and not prefdata.in_hub_cache("owner/absent")
+    assert len(prefdata.load_rows("owner/prefs-de", split="train")) == 5
+    assert len(prefdata.load_rows("owner/prefs-de", split="test")) == 2
+
+    def cfg(train: str) -> DPOStageConfig:
+        return validate(DPOStageConfig, {"data": {"train": train, "heldout": "owner/prefs-de"}}, "dpo")
+
+    assert data_problems(cfg("owner/prefs-de")) == []
+    said = capsys.readouterr().err
+    assert "'owner/prefs-de' (local hub cache, split 'train'): 5 rows, 2 usable pairs (3 bad)" in said
+    assert "(local hub cache, split 'test'): 2 rows, 2 usable pairs" in said
+    [problem] = data_problems(cfg("owner/other"))
+    assert "owner/other" in problem and "layout" in problem  # columns checked before the run, from the cache
+    data_problems(cfg("owner/absent"))
+    assert "'owner/absent' is a hub dataset not in the local cache: not checked offline" in capsys.readouterr().err
