@@ -28,7 +28,7 @@ from objectives.errors import UserError
 from search.config import RunConfig
 from search.merge.memory import available_bytes, plan
 from search.merge.sources import is_local
-from search.nodes import describe, facts, machine_problems
+from search.nodes import describe, facts, gpu_share, machine_problems
 from search.preflight import device_problems, local_models, output_problems, ray_problems
 from search.rundir import RunDir
 
@@ -148,10 +148,17 @@ def _judge_rows(cfg: RunConfig) -> list[CheckRow]:
 def _machine_rows(cfg: RunConfig, models: list[str], address: str | None) -> list[CheckRow]:
     if address and ray_problems(address):
         return [CheckRow("machines", MISSING, "the Ray address does not answer: its nodes were not checked")]
+    try:
+        p = plan(models, cfg.space.out_dtype or cfg.space.dtype, device=cfg.device)
+    except UserError:  # no headers to plan from: its own row says so
+        p = None
     rows = []
     for f in facts(models, address):
-        problems = machine_problems(cfg.device, f)
-        rows.append(CheckRow(f"machine {f['host']}", FAILED if problems else OK, "; ".join(problems + [describe(f)])))
+        problems = machine_problems(cfg.device, f, p.streamed if p else None, cfg.search.worker_gpus)
+        notes = [describe(f)]
+        if p and f["gpus"] and cfg.device.startswith("cuda"):
+            notes.append(f"cache_sources auto picks {str(p.fits(gpu_share(f, cfg.search.worker_gpus))).lower()} here")
+        rows.append(CheckRow(f"machine {f['host']}", FAILED if problems else OK, "; ".join(problems + notes)))
     return rows
 
 
