@@ -94,9 +94,10 @@ def machine_problems(device: str, f: dict, need: int | None = None, worker_gpus:
     return problems
 
 
-def node_problems(device: str, models: list[str], address: str) -> list[str]:
+def node_problems(device: str, models: list[str], address: str, need: int | None = None,
+                  worker_gpus: float | None = None) -> list[str]:
     """Every cluster node that cannot run trials of this config (see :func:`machine_problems`)."""
-    return [p for f in facts(models, address) for p in machine_problems(device, f)]
+    return [p for f in facts(models, address) for p in machine_problems(device, f, need, worker_gpus)]
 
 
 def cluster_facts(address: str, paths: list[str], disk_at: str, hub_ids: list[str] = ()) -> list[dict]:

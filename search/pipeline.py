@@ -30,6 +30,7 @@ from objectives.errors import UserError
 from search import atomic
 from search.config import RunConfig, save_run_config
 from search.lineage import marker_record, stale_stages
+from search.merge.memory import plan
 from search.nodes import node_problems
 from search.preflight import (
     RESOURCE_KEYS,
@@ -44,6 +45,7 @@ from search.preflight import (
 from search.rundir import RunDir
 from search.stages import dpo, export, heldout, mtbench, optimize, report
 from search.stages.base import StageContext, StageInterrupted
+from search.stages.verdict import stage_headlines
 from search.writelock import held_problems, writer_lock
 
 __all__ = ["STAGES", "StageContext", "StageInterrupted", "check_run", "owner_problems", "run_pipeline",
@@ -105,7 +107,7 @@ def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, 
     unreachable = ray_problems(address)
     problems += unreachable + device_problems(cfg, address)
     if address and not unreachable:  # every node of the cluster can run this config's trials
-        problems += node_problems(cfg.device, sources, address)
+        problems += node_problems(cfg.device, sources, address, _streamed(cfg, sources), cfg.search.worker_gpus)
     for name in names:
         problems += _stage(name).problems(cfg, run)
     raise_problems(problems, f"cannot run {cfg.name!r}")
@@ -160,6 +162,15 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
     return run
 
 
+def _streamed(cfg: RunConfig, sources: list[str]) -> int | None:
+    """The GPU memory a search worker needs at least (the memory plan without cached sources); None when the
+    sources' headers are not here to plan from."""
+    try:
+        return plan(sources, cfg.space.out_dtype or cfg.space.dtype, device=cfg.device).streamed
+    except UserError:
+        return None
+
+
 def _run_stage(cfg: RunConfig, run: RunDir, ctx: StageContext, name: str) -> None:
     marker = run.marker(name)
     if marker.is_file() and not ctx.redo:
@@ -177,3 +188,5 @@ def _run_stage(cfg: RunConfig, run: RunDir, ctx: StageContext, name: str) -> Non
     earlier = STAGES[: STAGES.index(stage)]
     atomic.write_json(marker, marker_record(cfg, run, stage, earlier, time.time() - t0))
     ctx.log(f"{name}: done in {time.time() - t0:.0f} s")
+    for line in stage_headlines(run, name):
+        ctx.log(f"  {line}")

@@ -83,7 +83,15 @@ def test_run_killed_during_search_resumes_without_recomputing(world, tmp_path, k
     res = subprocess.CompletedProcess(first.args, first.returncode, out, err)
     assert res.returncode == 0, res.stderr[-3000:]
     # stderr is a file here, as in a cluster job's log: progress comes as whole lines, no redrawn bars
-    assert "\r" not in err and "search: 5/5 finished (complete " in err and "\nDPO: 6/6 step (100%)" in err
+    assert [line for line in err.split("\n") if "\r" in line] == []
+    assert "search: 5/5 finished (complete " in err and "\nDPO: 6/6 step (100%)" in err
+    # each stage's headline figures follow its "done" line: the best trial, the held-out verdicts, DPO's held-out
+    # effect, the chat verdict and the model to ship
+    said_lines = [line.partition("[merge-search run] ")[2] for line in err.splitlines()]
+    headlines = [line for line in said_lines if line.startswith("  ")]
+    for said in ("failed; best trial #", "held-out log-likelihood: ", "DPO: held-out preference accuracy",
+                 "chat: ", "model to ship: "):
+        assert any(said in line for line in headlines), said
     after = trials(run)
     kept = {t.number: (t.params, t.datetime_complete) for t in after if t.number in before}
     assert kept == before  # completed trials were kept as they were, not re-run

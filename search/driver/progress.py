@@ -97,6 +97,8 @@ class ProgressView:
     def close(self) -> None:
         if self.live is not None:
             self.live.stop()
+        elif self._said[0] != self.driver.finished_in_study():
+            print(self.line(), file=sys.stderr, flush=True)  # the last count, then the summary table
         self.console.print(self.summary())
 
     def summary(self):

@@ -21,7 +21,8 @@ from objectives.mtbench.run import SCORES_FILE
 from search.rundir import RunDir
 from search.stages.heldout_report import HeldoutReport, ModelScores
 
-__all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "kind_means", "ship_decision", "stage_verdicts"]
+__all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "kind_means", "ship_decision", "stage_headlines",
+           "stage_verdicts"]
 
 MERGE, MERGE_DPO = "merge", "merge+dpo"
 
@@ -206,3 +207,30 @@ def ship_decision(run: RunDir) -> ShipDecision | None:
                                                       else "") +
            f" beats this {'source model' if kind == 'source' else 'hand recipe'}: this run did not reach its goal")
     return ShipDecision(name, kind, v, scores, what, False, why, made_from)
+
+
+def _value(v: Any) -> str:
+    return "/".join(f"{x:.4f}" for x in v) if isinstance(v, list) else f"{v:.4f}"
+
+
+def stage_headlines(run: RunDir, stage: str) -> list[str]:
+    """The figures a stage that just finished is judged by, for the pipeline's log (``report.md`` has them all):
+    the search's best trial, the held-out verdicts, the exported trial, DPO's held-out effect, and after MT-Bench
+    the chat verdicts and the model to ship."""
+    summary = _load(run.summary) or {}
+    winner = summary.get("best_number")
+    if stage == "search" and winner is not None:
+        return [f"{summary.get('complete')} complete, {summary.get('pruned')} pruned, {summary.get('failed')} "
+                f"failed; best trial #{winner}: {_value(summary['best_value'])} on the search split"]
+    if stage == "heldout" and run.heldout_json.is_file():
+        return [v.line.replace("**", "") for v in _heldout_verdicts(HeldoutReport.load(run.heldout_json), winner)]
+    if stage == "export" and run.best_yaml.is_file():
+        record = run.best_record()
+        return [f"trial {record.number} -> {run.best_yaml} (weights_sha256 {str(record.weights_sha256)[:12]}...)"]
+    if stage == "dpo" and run.dpo.metrics.is_file():
+        return [_dpo_verdict(_load(run.dpo.metrics), {}, "").line]
+    if stage == "mtbench":
+        lines = [v.line.replace("**", "") for v in stage_verdicts(run, winner) if v.stage in ("chat", "dpo")]
+        ship = ship_decision(run)
+        return lines + ([f"model to ship: {ship.model} ({ship.measure} {ship.score:.2f})"] if ship else [])
+    return []
