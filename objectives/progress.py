@@ -37,8 +37,18 @@ class LineProgress(_std_tqdm):
             self._last = text
         return True
 
-    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):  # shown with the next line, not one more
+    # shown with the next line, not one line more each
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=False):
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc=None, refresh=False):
+        super().set_description(desc, refresh=False)
+
+    def clear(self, nolock=False):  # tqdm.write clears bars first: a log has nothing to clear
+        pass
 
     def close(self):
         if not self.disable and self.last_print_n != self.n:

@@ -65,10 +65,10 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
             problems = [str(err)]
         own = []
         for problem in problems:
-            named = [m for m in models if problem.startswith(f"model {m!r}")]
-            for m in named:
-                about[m].append(problem)
-            if not named:
+            at = {m: problem.find(repr(m)) for m in models if repr(m) in problem}
+            if at:  # about the source it names first (a mismatch also names the base model)
+                about[min(at, key=at.get)].append(problem)
+            else:
                 own.append(problem)
         if own or not problems:  # a stage whose every problem is about a source: those rows say it
             rows += _rows(f"stage {stage.NAME}", own)
@@ -79,10 +79,17 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
     return rows
 
 
+def _token() -> bool:
+    """Whether a Hugging Face token is set (HF_TOKEN or a ``huggingface-cli login``)."""
+    from huggingface_hub import get_token
+
+    return bool(get_token())
+
+
 def _source_row(model: str, problems: list[str]) -> CheckRow:
     """One row per source: failed with the stages' problems about it (the run would refuse), else where it is."""
     if problems:
-        token = "" if is_local(model) or os.environ.get("HF_TOKEN") else "; no HF_TOKEN (gated models need one)"
+        token = "" if is_local(model) or _token() else "; no Hugging Face token (gated models need one)"
         return CheckRow(f"source {model}", FAILED, "; ".join(problems) + token)
     if is_local(model):
         return CheckRow(f"source {model}", OK if Path(model).expanduser().is_dir() else MISSING,
@@ -93,7 +100,8 @@ def _source_row(model: str, problems: list[str]) -> CheckRow:
         path = snapshot_download(model, local_files_only=True, allow_patterns=["*.json", "*.safetensors"])
         return CheckRow(f"source {model}", OK, f"in the Hugging Face cache ({path})")
     except Exception:  # noqa: BLE001 -- not in the cache
-        token = "HF_TOKEN is set" if os.environ.get("HF_TOKEN") else "no HF_TOKEN (gated models need one)"
+        token = "a Hugging Face token is set" if _token() else ("no Hugging Face token (gated models need one: "
+                                                                 "HF_TOKEN or huggingface-cli login)")
         return CheckRow(f"source {model}", OFFLINE, f"not in the local cache: downloaded when a worker loads it; "
                                                     f"{token}")
 

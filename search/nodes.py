@@ -48,7 +48,7 @@ def machine_facts(paths: list[str], disk_at: str, hub_ids: list[str] = ()) -> di
     return {"host": socket.gethostname(), "torch": torch.__version__, "cuda_build": torch.version.cuda,
             "gpus": gpus, "disk_free": shutil.disk_usage(existing).free,
             "missing": [p for p in paths if not Path(p).expanduser().exists()], "uncached": _uncached(list(hub_ids)),
-            "offline": os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")}
+            "offline": os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "on", "true", "yes")}
 
 
 def facts(models: list[str], address: str | None) -> list[dict]:
@@ -78,14 +78,15 @@ def machine_problems(device: str, f: dict, need: int | None = None, worker_gpus:
     """What keeps one machine from running trials on ``device``; ``need``: the bytes of GPU memory a search worker
     needs at least (the memory plan without cached sources), compared with :func:`gpu_share`."""
     problems = []
-    if device == "cuda" and not f["gpus"]:
+    if device.startswith("cuda") and not f["gpus"]:
         problems.append(f"device is cuda but torch on {f['host']} sees no GPU" + (
             " (a CPU build of torch: make install TORCH_VARIANT=cuda there)" if not f["cuda_build"] else ""))
     elif device.startswith("cuda") and need and gpu_share(f, worker_gpus) < need:
         gib = 1 << 30
         problems.append(f"a search worker needs at least {need / gib:.1f} GiB of GPU memory (space.cache_sources: "
                         f"false) but gets at most {gpu_share(f, worker_gpus) / gib:.1f} GiB free on {f['host']}: "
-                        "use larger GPUs, fewer workers per GPU (search.worker_gpus) or a smaller space.dtype")
+                        "use larger GPUs, fewer workers per GPU (search.worker_gpus) or a smaller merge dtype (space.out_dtype, "
+                        "else space.dtype)")
     if f["missing"]:
         problems.append(f"source folders missing on {f['host']}: {f['missing']}")
     if f.get("offline") and f.get("uncached"):

@@ -188,5 +188,9 @@ def _run_stage(cfg: RunConfig, run: RunDir, ctx: StageContext, name: str) -> Non
     earlier = STAGES[: STAGES.index(stage)]
     atomic.write_json(marker, marker_record(cfg, run, stage, earlier, time.time() - t0))
     ctx.log(f"{name}: done in {time.time() - t0:.0f} s")
-    for line in stage_headlines(run, name):
+    try:
+        headlines = stage_headlines(run, name)
+    except Exception as err:  # noqa: BLE001 -- the stage is done; its summary must not fail the command
+        headlines = [f"(no headline figures: {type(err).__name__}: {err})"]
+    for line in headlines:
         ctx.log(f"  {line}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from safetensors_headers import mistral_7b_header  # tests/safetensors_headers.py
+
 from search.merge.memory import plan
 from search.nodes import describe, gpu_share, machine_facts, machine_problems
 
@@ -36,8 +38,6 @@ def test_hub_models_missing_from_a_nodes_cache_fail_only_where_it_cannot_downloa
 
 
 def test_the_7b_plan_against_an_80_gb_card(tmp_path):
-    from merge.test_memory import mistral_7b_header  # tests/merge/test_memory.py: header-only 7B checkpoints
-
     sources = [tmp_path / n for n in ("base", "disco", "phoenix", "ftopt")]
     for s in sources:
         mistral_7b_header(s)

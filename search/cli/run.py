@@ -35,5 +35,6 @@ def register(subparsers) -> None:
     p.add_argument("--only", choices=stage_names(), help="re-run just this stage (earlier ones must be done)")
     p.add_argument("--address", help="Ray cluster address to join (default: a local Ray)")
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress display (default: a live view on a terminal, periodic lines in a log)")
+                   help="no search progress display (default: a live view on a terminal, a line per finished trial "
+                        "in a log; other stages' bars write a line every 30 s in a log)")
     p.set_defaults(func=_cmd)

@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, help="trials in flight; overrides search.workers")
     p.add_argument("--address", help="join this Ray cluster (e.g. 10.0.0.1:6379 or 'auto'); default: "
                                      "a private local Ray")
-    p.add_argument("--no-progress", action="store_true", help="no progress display (default: a live view on a terminal, a line per finished trial "
-                   "in a log)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no search progress display (default: a live view on a terminal, a line per finished trial "
+                        "in a log)")
     p.set_defaults(func=cmd_search)
 
     d = subparsers.add_parser("dashboard", help="open optuna-dashboard on a run (with its trial artifacts)",

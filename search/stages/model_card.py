@@ -141,9 +141,9 @@ def dpo_lines(dpo_cfg, metrics: Mapping[str, Any] | None) -> list[str]:
         return []
     t, lora = dpo_cfg.train, dpo_cfg.lora
     weights = list(t.loss_weights) if t.loss_weights else [1.0] * len(t.loss_type)
-    steps = t.max_steps if t.max_steps else f"{t.epochs:g} epochs"
+    steps = f"{t.max_steps} steps" if t.max_steps else f"{t.epochs:g} epochs"
     lines = ["## DPO", "", f"- data `{dpo_cfg.data.train}`; loss {list(t.loss_type)} weights {weights}, beta {t.beta:g}, "
-             f"learning rate {t.learning_rate:g}, {steps} steps, LoRA r {lora.r} / alpha {lora.alpha} on "
+             f"learning rate {t.learning_rate:g}, {steps}, LoRA r {lora.r} / alpha {lora.alpha} on "
              f"{list(lora.target_modules)}, kept checkpoint: {t.best_checkpoint}"]
     b, a = metrics.get("heldout_before"), metrics.get("heldout_after")
     if b and a:

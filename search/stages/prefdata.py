@@ -89,9 +89,8 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
             if path.suffix.lower() == ".jsonl":
                 _check_jsonl(path, source)
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-        else:  # a copy in the local hub cache (`huggingface-cli download --repo-type dataset ID`) needs no network
-            snapshot = hub_snapshot(source)
-            ds = datasets.load_dataset(str(snapshot) if snapshot else source, split=split)
+        else:
+            ds = _load_hub(source, split)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types (connection, arrow, split)
@@ -99,6 +98,30 @@ def load_rows(source: str, *, split: str = "train") -> list[dict[str, Any]]:
         raise UserError(f"preference data {source!r} could not be loaded ({type(err).__name__}: {first}): "
                         "check the path/dataset id, the split and that every row has the same column types") from None
     return list(ds)
+
+
+def _offline() -> bool:
+    import datasets.config
+    import huggingface_hub.constants
+
+    return bool(huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
+
+
+def _load_hub(source: str, split: str):
+    """Split ``split`` of hub dataset ``source``: from the hub (or ``datasets``' own cache); offline, or when the hub
+    cannot be reached, from its snapshot in the local hub cache (``huggingface-cli download --repo-type dataset
+    ID``), which ``load_dataset(ID)`` does not read."""
+    import datasets
+
+    snapshot = hub_snapshot(source)
+    if snapshot is not None and _offline():
+        return datasets.load_dataset(str(snapshot), split=split)
+    try:
+        return datasets.load_dataset(source, split=split)
+    except ConnectionError:
+        if snapshot is None:
+            raise
+        return datasets.load_dataset(str(snapshot), split=split)
 
 
 def hub_snapshot(dataset_id: str) -> Path | None:

@@ -220,8 +220,9 @@ def stage_headlines(run: RunDir, stage: str) -> list[str]:
     summary = _load(run.summary) or {}
     winner = summary.get("best_number")
     if stage == "search" and winner is not None:
-        return [f"{summary.get('complete')} complete, {summary.get('pruned')} pruned, {summary.get('failed')} "
-                f"failed; best trial #{winner}: {_value(summary['best_value'])} on the search split"]
+        return [f"this call: {summary.get('complete')} complete, {summary.get('pruned')} pruned, "
+                f"{summary.get('failed')} failed; best trial #{winner}: {_value(summary['best_value'])} on the search "
+                "split"]
     if stage == "heldout" and run.heldout_json.is_file():
         return [v.line.replace("**", "") for v in _heldout_verdicts(HeldoutReport.load(run.heldout_json), winner)]
     if stage == "export" and run.best_yaml.is_file():

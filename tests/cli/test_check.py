@@ -49,6 +49,20 @@ def test_a_source_missing_from_the_cache_is_one_failed_row(world, tmp_path, caps
     path.write_text(yaml.safe_dump(data))
     assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2
     rows = [line for line in capsys.readouterr().out.splitlines() if "nobody/not-cached-7b" in line]
-    rows = [r for r in rows if "memory plan" not in r]  # the plan names it too: no headers to plan from
-    assert len(rows) == 1 and rows[0].startswith("failed") and "source nobody/not-cached-7b" in rows[0], rows
-    assert "not in the local Hugging Face cache" in rows[0]
+    # its own row; the memory plan (no headers) and this machine's row (not cached here) name it too
+    assert not [r for r in rows if "stage search" in r]
+    [row] = [r for r in rows if "source nobody/not-cached-7b" in r]
+    assert row.startswith("failed") and "not in the local Hugging Face cache" in row, row
+
+
+def test_a_missing_local_source_folder_is_one_failed_row(world, tmp_path, capsys):
+    data = config_data(world)
+    gone = tmp_path / "gone-expert"
+    data["space"]["models"][0]["model"] = str(gone)
+    path = tmp_path / "gone.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["check", str(path), "--out", str(tmp_path / "run")]) == 2
+    rows = [line for line in capsys.readouterr().out.splitlines() if str(gone) in line]
+    assert not [r for r in rows if "stage search" in r]  # the stage's problem is in the source's row
+    [row] = [r for r in rows if f"source {gone}" in r]
+    assert row.startswith("failed") and "does not exist" in row, row

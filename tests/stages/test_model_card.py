@@ -6,7 +6,7 @@ import yaml
 
 from search import atomic
 from search.rundir import RunDir, TrialRecord
-from search.stages.model_card import licence, write_model_card
+from search.stages.model_card import dpo_lines, licence, write_model_card
 
 
 def test_the_card_names_sources_licences_recipe_scores_and_the_model_to_ship(tmp_path):
@@ -75,3 +75,5 @@ def test_the_card_has_hub_front_matter_and_says_how_the_merge_was_searched_score
     assert f"learning rate {cfg.dpo.train.learning_rate:g}, {cfg.dpo.train.max_steps} steps" in card
     assert "preference accuracy 0.500 -> 0.600" in card and "held-out generation" in card and "gen fell" in card
     assert "judge gpt-4, judge prompts judge_prompts_de.json" in card
+    epochs = cfg.dpo.model_copy(update={"train": cfg.dpo.train.model_copy(update={"max_steps": None})})
+    assert f"{epochs.train.epochs:g} epochs, LoRA" in "\n".join(dpo_lines(epochs, metrics))  # no max_steps
