@@ -7,11 +7,20 @@ line and a non-zero exit; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "did_you_mean", "first_line"]
+__all__ = ["UserError", "UserErrors", "did_you_mean", "first_line"]
 
 
 class UserError(Exception):
     """Bad input from the user: the message names the field or path, the rule, the value and the fix."""
+
+
+class UserErrors(UserError):
+    """Several problems of one input at once: one message (``WHAT: N problem(s): a; b``) and ``problems``, each
+    naming its own field, for callers that list them one by one (``merge-search check``'s rows)."""
+
+    def __init__(self, what: str, problems: list[str]):
+        super().__init__(f"{what}: {len(problems)} problem(s): " + "; ".join(problems))
+        self.problems = list(problems)
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:

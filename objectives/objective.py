@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from objectives.chat import ChatObjective
 from objectives.config import CHAT, ObjectiveConfig, Size, TaskSpec
-from objectives.errors import UserError, did_you_mean, first_line
+from objectives.errors import UserError, UserErrors, did_you_mean, first_line
 from objectives.fitness import aggregate, constraint_values, violations
 from objectives.lmeval import doc_values, make_lm, mean_and_stderr, run_tasks, task_manager
 from objectives.selection import ItemMatrix, estimate_record, ordered, rung_estimates
@@ -203,7 +203,7 @@ class Objective:
         self._tm = tm or (None if bad_paths else task_manager(config.include_paths, config.include_defaults))
         problems = check_config(config, self._tm)
         if problems:
-            raise UserError(f"objective: {len(problems)} problem(s): " + "; ".join(problems))
+            raise UserErrors("objective", problems)
         self._tasks: dict[str, Any] = {}
         self.subsets: dict[str, Subset] = {}
         sections = [("objective", config)] + \
@@ -220,7 +220,7 @@ class Objective:
         except UserError as err:
             problems.append(str(err))
         if problems:
-            raise UserError(f"objective: {len(problems)} problem(s): " + "; ".join(problems))
+            raise UserErrors("objective", problems)
         self.matrix = matrix if config.selection == "informative" else None
         if self.matrix is not None:
             self.subsets = ordered(self.subsets, self.matrix)

@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from objectives.chat import overlap_problems
-from objectives.errors import UserError
+from objectives.errors import UserError, UserErrors
 from objectives.objective import Objective
 from search import atomic
 from search.config import RunConfig, save_run_config
@@ -91,6 +91,8 @@ def problems(cfg: RunConfig, run: RunDir) -> list[str]:
                           vocabulary=cfg.space.vocabulary_source)
     try:
         Objective(cfg.objective)
+    except UserErrors as err:
+        out += err.problems  # each names its field: one row each in `check`
     except UserError as err:
         out.append(str(err))
     if cfg.objective.chat:

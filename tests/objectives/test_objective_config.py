@@ -84,3 +84,4 @@ def test_unavailable_dataset_is_named_when_offline(tm, monkeypatch):
         pytest.skip(f"a dataset is in the local cache: {msg}")
     assert "alexandrainst/m_arc (de)" in msg and "google-research-datasets/paws-x (de)" in msg
     assert "HF_DATASETS_OFFLINE" in msg
+    assert [p.split(":")[0] for p in e.value.problems] == ["objective.tasks[0]", "objective.tasks[1]"]
