@@ -33,6 +33,7 @@ user attribute records it, and :meth:`optuna.Study.enqueue_trial` skips paramete
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -217,7 +218,9 @@ def open_study(
             f"{[d.name.lower() for d in study.directions]} but the objective has {directions}: "
             "use another run folder or search.study_name")
     if metric_names and study.metric_names != metric_names:
-        study.set_metric_names(metric_names)
+        with warnings.catch_warnings():  # experimental in Optuna since 3.2, and what optuna-dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names)
     return study
 
 
