@@ -26,7 +26,7 @@ from pathlib import Path
 
 from objectives.errors import UserError
 from search.config import RunConfig
-from search.merge.memory import available_bytes, plan
+from search.merge.memory import MemoryPlan, available_bytes, space_plan
 from search.merge.sources import is_local
 from search.nodes import describe, facts, gpu_share, machine_problems
 from search.preflight import device_problems, local_models, output_problems, ray_problems
@@ -73,9 +73,13 @@ def check_config(cfg: RunConfig, run: RunDir, *, address: str | None = None) -> 
         if own or not problems:  # a stage whose every problem is about a source: those rows say it
             rows += _rows(f"stage {stage.NAME}", own)
     rows += [_source_row(m, about[m]) for m in models]
-    rows += _memory_rows(cfg, models)
+    try:  # one plan for the memory row and every machine's row ("auto" plans as the CPU)
+        p, unplanned = space_plan(cfg.space, cfg.device if cfg.device != "auto" else "cpu"), None
+    except UserError as err:
+        p, unplanned = None, str(err)
+    rows += _memory_rows(cfg, p, unplanned)
     rows += _judge_rows(cfg)
-    rows += _machine_rows(cfg, models, address)
+    rows += _machine_rows(cfg, models, address, p)
     return rows
 
 
@@ -106,12 +110,10 @@ def _source_row(model: str, problems: list[str]) -> CheckRow:
                                                     f"{token}")
 
 
-def _memory_rows(cfg: RunConfig, models: list[str]) -> list[CheckRow]:
+def _memory_rows(cfg: RunConfig, p: MemoryPlan | None, unplanned: str | None) -> list[CheckRow]:
+    if p is None:
+        return [CheckRow("memory plan", OFFLINE, unplanned)]
     device = cfg.device if cfg.device != "auto" else "cpu"
-    try:
-        p = plan(models, cfg.space.out_dtype or cfg.space.dtype, device=device)
-    except UserError as err:
-        return [CheckRow("memory plan", OFFLINE, str(err))]
     cuda = device.startswith("cuda")
     sharing = 1.0 if cuda else cfg.search.workers
     try:
@@ -153,13 +155,10 @@ def _judge_rows(cfg: RunConfig) -> list[CheckRow]:
     return rows
 
 
-def _machine_rows(cfg: RunConfig, models: list[str], address: str | None) -> list[CheckRow]:
+def _machine_rows(cfg: RunConfig, models: list[str], address: str | None,
+                  p: MemoryPlan | None) -> list[CheckRow]:
     if address and ray_problems(address):
         return [CheckRow("machines", MISSING, "the Ray address does not answer: its nodes were not checked")]
-    try:
-        p = plan(models, cfg.space.out_dtype or cfg.space.dtype, device=cfg.device)
-    except UserError:  # no headers to plan from: its own row says so
-        p = None
     rows = []
     for f in facts(models, address):
         problems = machine_problems(cfg.device, f, p.streamed if p else None, cfg.search.worker_gpus)

@@ -81,10 +81,10 @@ def machine_problems(device: str, f: dict, need: int | None = None, worker_gpus:
     if device.startswith("cuda") and not f["gpus"]:
         problems.append(f"device is cuda but torch on {f['host']} sees no GPU" + (
             " (a CPU build of torch: make install TORCH_VARIANT=cuda there)" if not f["cuda_build"] else ""))
-    elif device.startswith("cuda") and need and gpu_share(f, worker_gpus) < need:
+    elif device.startswith("cuda") and need and (share := gpu_share(f, worker_gpus)) < need:
         gib = 1 << 30
         problems.append(f"a search worker needs at least {need / gib:.1f} GiB of GPU memory (space.cache_sources: "
-                        f"false) but gets at most {gpu_share(f, worker_gpus) / gib:.1f} GiB free on {f['host']}: "
+                        f"false) but gets at most {share / gib:.1f} GiB free on {f['host']}: "
                         "use larger GPUs, fewer workers per GPU (search.worker_gpus) or a smaller merge dtype (space.out_dtype, "
                         "else space.dtype)")
     if f["missing"]:

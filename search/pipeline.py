@@ -30,7 +30,7 @@ from objectives.errors import UserError
 from search import atomic
 from search.config import RunConfig, save_run_config
 from search.lineage import marker_record, stale_stages
-from search.merge.memory import plan
+from search.merge.memory import space_plan
 from search.nodes import node_problems
 from search.preflight import (
     RESOURCE_KEYS,
@@ -107,7 +107,7 @@ def check_run(cfg: RunConfig, run: RunDir, stages: Sequence[str] | None = None, 
     unreachable = ray_problems(address)
     problems += unreachable + device_problems(cfg, address)
     if address and not unreachable:  # every node of the cluster can run this config's trials
-        problems += node_problems(cfg.device, sources, address, _streamed(cfg, sources), cfg.search.worker_gpus)
+        problems += node_problems(cfg.device, sources, address, _streamed(cfg), cfg.search.worker_gpus)
     for name in names:
         problems += _stage(name).problems(cfg, run)
     raise_problems(problems, f"cannot run {cfg.name!r}")
@@ -162,11 +162,11 @@ def run_pipeline(cfg: RunConfig, run_dir: str | Path | None = None, *, from_stag
     return run
 
 
-def _streamed(cfg: RunConfig, sources: list[str]) -> int | None:
+def _streamed(cfg: RunConfig) -> int | None:
     """The GPU memory a search worker needs at least (the memory plan without cached sources); None when the
     sources' headers are not here to plan from."""
     try:
-        return plan(sources, cfg.space.out_dtype or cfg.space.dtype, device=cfg.device).streamed
+        return space_plan(cfg.space, cfg.device).streamed
     except UserError:
         return None
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from objectives.errors import UserError
 
-__all__ = ["DTYPE_BYTES", "HEADROOM", "MemoryPlan", "available_bytes", "header_params", "plan", "resolve_cache_sources"]
+__all__ = ["DTYPE_BYTES", "HEADROOM", "MemoryPlan", "available_bytes", "header_params", "plan", "resolve_cache_sources",
+           "space_plan"]
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -121,6 +122,12 @@ def plan(models: list[str | Path], dtype: str | None, *, device: str = "cpu") ->
     candidate = max(sizes)
     return MemoryPlan(sources=sum(sizes), candidate=candidate, evaluation=int(candidate * EVAL_SHARE),
                       overhead=DEVICE_OVERHEAD if device.startswith("cuda") else 0)
+
+
+def space_plan(space, device: str) -> MemoryPlan:
+    """The :class:`MemoryPlan` of a run's ``space:`` section (its models, in the merge's dtype) on ``device``;
+    raises :class:`UserError` when a source's headers are not here to plan from."""
+    return plan(space.model_paths(), space.out_dtype or space.dtype, device=device)
 
 
 def available_bytes(device: str, workers_per_device: float = 1.0) -> int:

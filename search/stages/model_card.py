@@ -19,6 +19,7 @@ source's terms).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import yaml
 from search import atomic
 from search.merge.sources import is_local
 from search.rundir import RunDir, TrialRecord
+from search.stages.verdict import winner_scores
 
 __all__ = ["card_header", "dpo_lines", "licence", "sources_of", "write_dpo_card", "write_model_card"]
 
@@ -100,9 +102,7 @@ def _search_lines(cfg, study) -> list[str]:
     lines = ["## How it was searched", "", f"- sampler `{s.sampler}`, pruner `{s.pruner}`, {s.workers} worker(s), "
              f"seed {cfg.seed}"]
     if study is not None:
-        states: dict[str, int] = {}
-        for t in study.trials:
-            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        states = Counter(t.state.name.lower() for t in study.trials)
         lines.append("- trials: " + ", ".join(f"{v} {k}" for k, v in states.items()))
     tasks = ", ".join(f"`{t.name}` ({t.metric}, weight {t.weight:g})" for t in o.tasks)
     lines.append(f"- fitness: `{o.aggregate}` of {tasks}")
@@ -116,7 +116,7 @@ def _heldout_lines(heldout, record: TrialRecord) -> list[str]:
     """The winner's held-out (test split) scores with standard errors, beside the best source's."""
     if heldout is None:
         return []
-    winner = next((m for m in heldout.models.values() if m.kind == "trial" and m.trial == record.number), None)
+    _, winner = winner_scores(heldout, record.number) or (None, None)
     sources = {n: m for n, m in heldout.models.items() if m.kind == "source" and m.test_avg is not None}
     if winner is None or winner.test_avg is None or not sources:
         return []

@@ -192,11 +192,16 @@ def _mtbench_section(run: RunDir, plots: Path) -> list[str]:
     return lines
 
 
-def _measured_with(run: RunDir) -> list[str]:
-    """The judge, judge prompt set and question set the merge was rated with (its ``scores.json``)."""
-    scores = _load(run.mtbench_model("merge") / SCORES_FILE) or {}
+def _merge_measured_with(run: RunDir) -> dict | None:
+    """The judge, judge prompt set and question set the merge was rated with (its ``scores.json``), if rated."""
+    scores = _load(run.mtbench_model("merge") / SCORES_FILE)
     used = scores.get("measured_with") if isinstance(scores, dict) else None
-    if not isinstance(used, dict):
+    return used if isinstance(used, dict) else None
+
+
+def _measured_with(run: RunDir) -> list[str]:
+    used = _merge_measured_with(run)
+    if used is None:
         return []
     return [f"Rated with judge {used.get('judge')}, judge prompts {used.get('prompts')}, {used.get('questions')}.",
             ""]
@@ -256,10 +261,9 @@ def write_report(run: str | Path, study=None, cfg=None) -> Path:
     if best:
         ship = ship_decision(run)
         chat = chat_scores(run)
-        merge_scores = _load(run.mtbench_model("merge") / SCORES_FILE)
         write_model_card(run, run.root.name, best, ship.to_json() if ship else None, chat.scores, chat.measure,
                          cfg=cfg, study=study, heldout=heldout, dpo_metrics=_load(run.dpo.metrics),
-                         measured_with=merge_scores.get("measured_with") if isinstance(merge_scores, dict) else None)
+                         measured_with=_merge_measured_with(run))
         lines += [f"Model card for publishing the merge: [{run.model_card.name}]({run.model_card.name}).", ""]
     lines += ["## Search", ""]
     if study is not None:

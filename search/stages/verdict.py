@@ -22,7 +22,7 @@ from search.rundir import RunDir
 from search.stages.heldout_report import HeldoutReport, ModelScores
 
 __all__ = ["ChatScores", "ShipDecision", "StageVerdict", "chat_scores", "kind_means", "ship_decision", "stage_headlines",
-           "stage_verdicts"]
+           "stage_verdicts", "winner_scores"]
 
 MERGE, MERGE_DPO = "merge", "merge+dpo"
 
@@ -90,7 +90,8 @@ def chat_scores(run: RunDir) -> ChatScores:
     return ChatScores(scores, {n: k for n, k in kinds.items() if n in scores}, what)
 
 
-def _winner(heldout: HeldoutReport, winner: int | None) -> tuple[str, ModelScores] | None:
+def winner_scores(heldout: HeldoutReport, winner: int | None) -> tuple[str, ModelScores] | None:
+    """The re-evaluated row of trial ``winner`` in ``heldout`` as ``(name, scores)``; None when it is not there."""
     return next(((n, m) for n, m in heldout.models.items() if m.kind == "trial" and m.trial == winner), None)
 
 
@@ -111,7 +112,7 @@ def _compare(stage: str, what: str, mine: float, others: dict[str, float], fmt: 
 
 
 def _heldout_verdicts(heldout: HeldoutReport, winner: int | None) -> list[StageVerdict]:
-    found = _winner(heldout, winner)
+    found = winner_scores(heldout, winner)
     if found is None:
         return [StageVerdict("search", None, "search: the exported winner was not among the re-evaluated trials")]
     name, best = found
